@@ -18,6 +18,7 @@ from mmrag_agent.finetune.rewards import (
     completion_text, stage1_accuracy_reward, stage1_format_reward, stage1_total_reward, stage2_answer_reward,
     stage2_format_reward, stage2_rank_reward, stage2_total_reward,
 )
+from mmrag_agent.postprocessors.stage2_output import parse_stage2_output
 
 # --- stage 1 ------------------------------------------------------------------------------------------------
 
@@ -80,10 +81,14 @@ STAGE2_RANK = [
     (_c("[2] > [3] > [1]"), 1, 0.746713),      # DCG 0.630930 + 0.5 -> NDCG 0.693426; P 2/3, R 1 -> F1 0.8
     (_c("[3] > [3]"), 1, 0.556574),            # repeat: no second gain, counts as a wrong pick -> as [3] > [2]
     (_c("[3] > [9]"), 1, 0.556574),            # out of range (K = 5): wrong -> as [3] > [2]
-    (_c("[3] > [a]"), 1, 0.556574),            # non-numeric id: wrong -> as [3] > [2]
+    (_c("[3] > [a]"), 0, 0.0),                 # non-numeric id: not a well-formed rank body -> gated
     (_c("[0] > [1]"), 1, 0.443426),            # [0] out of range; gold at rank 2: NDCG 0.386853; F1 1/2
-    (_c(""), 1, 0.0),                          # nothing ranked: NDCG 0, F1 0
-    (_c("[3] > [1]", answer=""), 1, 1.0),      # empty answer is well formed; the rank still counts
+    (_c(""), 0, 0.0),                          # empty rank: malformed (nothing to cite)
+    (_c("[3] > [1]", answer=""), 0, 0.0),      # empty answer: malformed
+    (_c("[3] > [1]", think=" "), 0, 0.0),      # empty reasoning: malformed
+    (_c("[3] ; [1]"), 1, 1.0),                 # ";" and whitespace also separate ids
+    (_c("[3]\n[1]"), 1, 1.0),
+    ("<Think>t</Think><rank>[3] > [1]</rank><answer>x</answer>", 0, 0.0),  # non-canonical tag spelling
     (_c("3 > 1"), 0, 0.0),                     # ids without brackets: malformed rank body -> gated
     (_c("[3] then [1]"), 0, 0.0),              # words in the rank body
     ("<rank>[3] > [1]</rank><answer>baseball</answer>", 0, 0.0),  # missing <think>
@@ -100,6 +105,7 @@ STAGE2_RANK = [
 @pytest.mark.parametrize("completion, fmt, rank", STAGE2_RANK)
 def test_stage2_format_and_rank(completion, fmt, rank):
     assert stage2_format_reward([completion]) == [fmt]
+    assert parse_stage2_output(completion, 5).format_ok is bool(fmt)  # training rewards what inference reads
     assert stage2_rank_reward([completion], gold_ids=[GOLD], candidate_ids=[list("abcde")]) == [pytest.approx(rank, abs=1e-6)]
     conversational = [{"role": "assistant", "content": completion}]
     assert stage2_rank_reward([conversational], gold_ids=[GOLD], k=5) == [pytest.approx(rank, abs=1e-6)]
@@ -114,6 +120,9 @@ def test_stage2_rank_options():
     malformed = "<rank>[3]</rank><answer>x</answer>"
     assert stage2_rank_reward([malformed], gold_ids=[GOLD], gated=False) == [pytest.approx(0.639907, abs=1e-6)]
     assert stage2_rank_reward([malformed], gold_ids=[GOLD]) == [0.0]
+    # ungated, invalid ids still cost: [3] > [a] scores as [3] > [2] (a wrong pick), bare ids are read
+    assert stage2_rank_reward([_c("[3] > [a]")], gold_ids=[GOLD], gated=False) == [pytest.approx(0.556574, abs=1e-6)]
+    assert stage2_rank_reward([_c("3 > 1")], gold_ids=[GOLD], gated=False) == [pytest.approx(1.0)]
     # no gold id: not applicable
     assert stage2_rank_reward([_c("[1]")], gold_ids=[[]]) == [None]
     # pre-filled "<think>"

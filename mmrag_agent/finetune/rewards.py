@@ -10,18 +10,19 @@ Weights and options are keyword parameters, so a variant is ``functools.partial(
 format_weight=0.2)``; TRL names a partial after the wrapped function's ``__name__``.
 
 Stage 1: ``<answer>yes</answer>`` / ``<answer>no</answer>`` (optionally after ``<think>...</think>``).
-Stage 2: ``<think>...</think><rank>[3] > [1]</rank><answer>... [3]</answer>``, each tag once, in that order,
-only whitespace around them; the rank body is a list of bracketed ids separated by ``>`` or ``,``.
-Rank and answer rewards are **gated**: 0 when the format is invalid (``gated=False`` scores what parses).
+Stage 2: ``<think>...</think><rank>[3] > [1]</rank><answer>... [3]</answer>``, parsed by the same
+:func:`~mmrag_agent.postprocessors.stage2_output.parse_stage2_output` that reads the model's output at
+inference, so the format rewarded in training is the format read in use. Rank and answer rewards are
+**gated**: 0 when the format is invalid (``gated=False`` scores what the tolerant parser recovers).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 from ..eval.ranking import ndcg_at_k, set_prf
-from ..prompts import ANSWER_CLOSE, ANSWER_OPEN, RANK_CLOSE, RANK_OPEN, THINK_CLOSE, THINK_OPEN
+from ..postprocessors.stage2_output import Stage2Output, format_reward_ok, parse_stage2_output
 
 __all__ = [
     "completion_text", "stage1_accuracy_reward", "stage1_format_reward", "stage1_total_reward",
@@ -31,9 +32,6 @@ __all__ = [
 _S1_PLAIN = re.compile(r"\s*<answer>\s*(yes|no)\s*</answer>\s*", re.IGNORECASE)
 _S1_THINK = re.compile(r"\s*<think>((?:(?!</?think>|</?answer>).)*)</think>\s*<answer>\s*(yes|no)\s*</answer>\s*",
                        re.IGNORECASE | re.DOTALL)
-_S2 = re.compile(r"\s*<think>(.*)</think>\s*<rank>(.*)</rank>\s*<answer>(.*)</answer>\s*", re.DOTALL)
-_S2_TAGS = (THINK_OPEN, THINK_CLOSE, RANK_OPEN, RANK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
-_RANK_ITEM = re.compile(r"\[([^\[\]]*)\]")
 _CITATION = re.compile(r"\[\s*\d+\s*\]")
 
 
@@ -141,41 +139,18 @@ def _label(value: Any) -> str:
 
 # --- stage 2 ----------------------------------------------------------------------------------------------
 
-class _Stage2(NamedTuple):
-    think: str
-    rank: list[str]  # raw bracketed items, in order
-    answer: str
-
-
-def _parse_stage2(text: str, lenient: bool = False) -> _Stage2 | None:
-    """The three parts of a well-formed completion; None when malformed (``lenient``: take what parses)."""
-    if all(text.count(tag) == 1 for tag in _S2_TAGS):
-        match = _S2.fullmatch(text)
-        if match:
-            items = _rank_items(match.group(2))
-            if items is not None:
-                return _Stage2(match.group(1).strip(), items, match.group(3).strip())
-    if not lenient:
-        return None
-    def part(open_: str, close: str) -> str | None:
-        found = re.search(re.escape(open_) + r"(.*?)" + re.escape(close), text, re.DOTALL)
-        return found.group(1).strip() if found else None
-    rank = part(RANK_OPEN, RANK_CLOSE) or ""
-    return _Stage2(part(THINK_OPEN, THINK_CLOSE) or "", [i.strip() for i in _RANK_ITEM.findall(rank)], part(ANSWER_OPEN, ANSWER_CLOSE) or "")
-
-
-def _rank_items(body: str) -> list[str] | None:
-    items = _RANK_ITEM.findall(body)
-    rest = _RANK_ITEM.sub(" ", body)
-    return [i.strip() for i in items] if re.fullmatch(r"[\s>,]*", rest) else None
+def _parse(completion: Any, prefix: str, num_candidates: int) -> Stage2Output:
+    return parse_stage2_output(prefix + completion_text(completion), num_candidates)
 
 
 def stage2_format_reward(completions: Sequence[Any], prefix: str = "", **kwargs: Any) -> list[float]:
     """1.0 when ``<think>``, ``<rank>``, ``<answer>`` appear once each, in order, well formed; else 0.0.
 
-    Well formed: each of the six tags exactly once, only whitespace before, between and after the three
-    blocks, and a rank body that is a (possibly empty) list of bracketed ids separated by ``>`` or ``,``
-    (``[3] > [1]``). Ids are not checked here (see :func:`stage2_rank_reward`).
+    The rule is :func:`~mmrag_agent.postprocessors.stage2_output.format_reward_ok`, the same check the
+    stage-2 parser reports as ``format_ok`` at inference and in held-out evaluation: each of the six tags
+    exactly once and spelled canonically, only whitespace outside the three blocks, non-empty ``<think>`` and
+    ``<answer>``, and a rank body of bracketed integer ids separated by ``>``, ``,``, ``;`` or whitespace
+    (``[3] > [1]``). Whether ids are in range or repeated is judged by :func:`stage2_rank_reward`.
 
     Args:
         completions: Completions (strings or conversational).
@@ -189,7 +164,7 @@ def stage2_format_reward(completions: Sequence[Any], prefix: str = "", **kwargs:
         >>> stage2_format_reward(["<think>t</think><rank>[2]</rank><answer>a [2]</answer>", "<answer>a</answer>"])
         [1.0, 0.0]
     """
-    return [float(_parse_stage2(prefix + completion_text(c)) is not None) for c in completions]
+    return [float(format_reward_ok(prefix + completion_text(c))) for c in completions]
 
 
 def stage2_rank_reward(completions: Sequence[Any], gold_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[str]] | None = None,
@@ -205,8 +180,8 @@ def stage2_rank_reward(completions: Sequence[Any], gold_ids: Sequence[Sequence[i
         gold_ids: Per completion, the 1-based positions of the positives.
         candidate_ids: Per completion, the candidate ids shown (their number is K); without it, ``k``.
         k: K when ``candidate_ids`` is not given.
-        gated: 0.0 for a completion whose format is invalid (:func:`stage2_format_reward`); False scores the
-            first ``<rank>...</rank>`` found.
+        gated: 0.0 for a completion whose format is invalid (:func:`stage2_format_reward`); False scores
+            whatever ids the tolerant parser finds in ``<rank>`` (bare ids too).
         prefix: Pre-filled assistant text put before each completion.
         **kwargs: Other columns and TRL extras (ignored).
 
@@ -223,12 +198,12 @@ def stage2_rank_reward(completions: Sequence[Any], gold_ids: Sequence[Sequence[i
         if not positives:
             scores.append(None)
             continue
-        parsed = _parse_stage2(prefix + completion_text(completion), lenient=not gated)
-        if parsed is None:
+        size = len(candidate_ids[i]) if candidate_ids is not None and candidate_ids[i] is not None else k
+        parsed = _parse(completion, prefix, size)
+        if gated and not parsed.format_ok:
             scores.append(0.0)
             continue
-        size = len(candidate_ids[i]) if candidate_ids is not None and candidate_ids[i] is not None else k
-        ranked = [_position(item, size) for item in parsed.rank]
+        ranked = [_position(item, size) for item in parsed.ranked_as_written]
         ndcg = ndcg_at_k(ranked, positives, k=max(size, 1))
         f1 = set_prf(ranked, positives, repeats_are_wrong=True).f1
         scores.append((ndcg + f1) / 2)
@@ -249,7 +224,8 @@ def stage2_answer_reward(completions: Sequence[Any], answers: Sequence[Sequence[
         answers: Per completion, the gold answers (None / empty: not applicable unless keywords are given).
         keywords: Per completion, WebQA keywords (a string or list) or None.
         qtype: Per completion, the question category (WebQA ``Qcate``).
-        gated: 0.0 for a completion whose format is invalid; False scores the first ``<answer>`` found.
+        gated: 0.0 for a completion whose format is invalid; False scores the answer the tolerant parser
+            finds (the first ``<answer>``, or the text after the last tag).
         answers_are_list: Read an example's several gold answers as the members of one list answer
             (MultimodalQA list questions, e.g. three actors) scored together, instead of alternatives (the
             SPEC default: the max over them, which gives full credit for naming one member).
@@ -275,8 +251,8 @@ def stage2_answer_reward(completions: Sequence[Any], answers: Sequence[Sequence[
         if not golds and kw is None:
             scores.append(None)
             continue
-        parsed = _parse_stage2(prefix + completion_text(completion), lenient=not gated)
-        text = " ".join(_CITATION.sub(" ", parsed.answer).split()) if parsed is not None else ""
+        parsed = _parse(completion, prefix, 0)  # the answer does not depend on K
+        text = " ".join(_CITATION.sub(" ", parsed.answer).split()) if parsed.format_ok or not gated else ""
         if not text:
             scores.append(0.0)
             continue

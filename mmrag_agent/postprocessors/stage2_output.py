@@ -61,6 +61,9 @@ class Stage2Output:
             order, spelled canonically, each non-empty, the rank holding only bracketed integer ids and
             separators, and nothing but whitespace outside them (see :func:`format_reward_ok`).
         used_fallback: ``ranking`` is the fallback (stage-1) order, not the model's.
+        ranked_as_written: Every id written in ``<rank>``, in order and as written (``"3"``, ``"9"``, ``"a"``):
+            repeated, out-of-range and non-numeric ones included. The ``rank_quality`` reward scores this list,
+            so that an invalid id costs something instead of vanishing.
 
     Example:
         >>> out = parse_stage2_output("<think>[2] names it</think><rank>[2]</rank><answer>Rome [2]</answer>", 3)
@@ -76,6 +79,7 @@ class Stage2Output:
     warnings: list[str] = field(default_factory=list)
     format_ok: bool = False
     used_fallback: bool = False
+    ranked_as_written: list[str] = field(default_factory=list)
 
     def select(self, items: Sequence[T]) -> list[T]:
         """The items in ``ranking`` order (``items[n - 1]`` for each ranked ``n``).
@@ -196,8 +200,9 @@ def _sections(text: str, warn: Callable[[str], None]) -> tuple[dict[str, str], l
     return found, order, last_end, stray
 
 
-def _parse_ranking(content: str, k: int, warn: Callable[[str], None]) -> list[int]:
+def _parse_ranking(content: str, k: int, warn: Callable[[str], None]) -> tuple[list[int], list[str]]:
     ranking: list[int] = []
+    written: list[str] = []
     ignored: list[str] = []
     bare = False
     for m in _RANK_ITEM.finditer(content):
@@ -213,6 +218,7 @@ def _parse_ranking(content: str, k: int, warn: Callable[[str], None]) -> list[in
                 continue
             pieces, bare = [m.group(0)], True
         for piece in pieces:
+            written.append(piece)
             if not _INT.fullmatch(piece):
                 warn(f"non-numeric id {piece!r} in <rank>")
                 continue
@@ -227,7 +233,7 @@ def _parse_ranking(content: str, k: int, warn: Callable[[str], None]) -> list[in
         warn("ids without brackets in <rank>")
     if ignored:
         warn(f"ignored text in <rank>: {' '.join(ignored)!r}")
-    return ranking
+    return ranking, written
 
 
 def _citations(answer: str, k: int, warn: Callable[[str], None]) -> list[int]:
@@ -323,7 +329,7 @@ def parse_stage2_output(text: Any, num_candidates: int, fallback_order: Sequence
     if not answer:
         warn("empty answer")
 
-    ranking = _parse_ranking(found.get("rank", ""), num_candidates, warn)
+    ranking, written = _parse_ranking(found.get("rank", ""), num_candidates, warn)
     used_fallback = not ranking
     if used_fallback:
         if "rank" in found:
@@ -336,4 +342,5 @@ def parse_stage2_output(text: Any, num_candidates: int, fallback_order: Sequence
     if unranked and not used_fallback:
         warn(f"cited but not ranked: {unranked}")
     return Stage2Output(reasoning=found.get("think", "").strip(), ranking=ranking, answer=answer, cited=cited, raw=raw,
-                        warnings=warnings, format_ok=format_reward_ok(raw), used_fallback=used_fallback)
+                        warnings=warnings, format_ok=format_reward_ok(raw), used_fallback=used_fallback,
+                        ranked_as_written=written)
