@@ -69,6 +69,17 @@ def test_reranker_and_synthesizer_share_one_generation(tiny_vlm, tmp_path):
     assert str(response) == (response.metadata["answer"] or NO_ANSWER)
 
 
+def test_batched_generation_equals_one_query_at_a_time(tiny_vlm, tmp_path):
+    nodes = candidates(tmp_path)
+    requests = [(QUERY, nodes), ("What sits on the mat?", nodes[:1]), ("Where is the stadium?", nodes[1:])]  # 1, 0, 1 images
+    batched = Stage2Model(tiny_vlm, max_new_tokens=12).run_many(requests, batch_size=3)
+    single = [Stage2Model(tiny_vlm, max_new_tokens=12).run(q, n) for q, n in requests]
+    assert [r.output.raw for r in batched] == [r.output.raw for r in single]
+    assert all(r.output.raw for r in batched)
+    with pytest.raises(ValueError, match="batch_size"):
+        Stage2Model(tiny_vlm).run_many(requests, batch_size=0)
+
+
 def test_synthesizer_streams_and_fills_metadata_at_the_end(tiny_vlm, tmp_path):
     stage2 = Stage2Model(tiny_vlm, max_new_tokens=8)
     response = ExplainableSynthesizer(stage2=stage2, streaming=True).synthesize(QUERY, candidates(tmp_path))
@@ -140,8 +151,8 @@ def test_engine_streams_async_and_works_as_an_agent_tool(indexed, tiny_vlm):
     assert output.raw_output.metadata["explanation"].question == QUERY
 
 
-@pytest.mark.parametrize("reranker", ["stage2", "pipeline"])
-def test_eval_cli_reports_source_and_answer_metrics(reranker, tiny_qwen2_dir, tmp_path):
+@pytest.mark.parametrize("reranker, query_batch", [("stage2", "1"), ("pipeline", "2")])
+def test_eval_cli_reports_source_and_answer_metrics(reranker, query_batch, tiny_qwen2_dir, tmp_path):
     import json
 
     from typer.testing import CliRunner
@@ -155,7 +166,7 @@ def test_eval_cli_reports_source_and_answer_metrics(reranker, tiny_qwen2_dir, tm
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "results.json"
     result = CliRunner().invoke(app, ["eval", "rerank", "--data", str(data), "--reranker", reranker, "--model", str(tiny_qwen2_dir),
-                                      "--out", str(out), "--per-query"])
+                                      "--out", str(out), "--per-query", "--query-batch", query_batch])
     assert result.exit_code == 0, result.output
     written = json.loads(out.read_text())
     assert written["reranker"] == reranker and written["n"] == 2

@@ -38,6 +38,7 @@ def rerank(
     shuffle: bool = typer.Option(False, "--shuffle", help="Shuffle each query's candidates first (seeded), removing any position cue of the file's order."),
     device: Optional[str] = typer.Option(None, "--device", help="Torch device for model-based rerankers, e.g. cuda:0."),
     per_query: bool = typer.Option(False, "--per-query", help="Also write every query's ranking and metrics to --out."),
+    query_batch: Optional[int] = typer.Option(None, "--query-batch", min=1, help="stage2 / pipeline: queries generated as one batch (default 8; 1 = one at a time)."),
 ) -> None:
     """Rank each query's candidates with a reranker and report P@1, MRR, NDCG@k and Recall@k (per-query means)."""
     from ..schema import DatasetError, read_rerank_examples
@@ -58,6 +59,10 @@ def rerank(
         if reranker in _MODEL_FREE:
             _fail(f"--device is not used by the {reranker} reranker")
         kwargs["device"] = device
+    if query_batch is not None:
+        if reranker not in ("stage2", "pipeline"):
+            _fail(f"--query-batch is used by the stage2 and pipeline rerankers, not {reranker}")
+        kwargs["query_batch"] = query_batch
     if reranker not in _MODEL_FREE:
         from ..cli import _quiet_libraries
 

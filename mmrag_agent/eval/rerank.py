@@ -93,18 +93,26 @@ def evaluate_reranker(examples: Sequence, reranker: Reranker, k: int = 5, show_p
     if not examples:
         raise ValueError("no examples to evaluate")
     rankings, positives, per_query, extras = [], [], [], []
-    judge = getattr(reranker, "judge", None)  # rerankers that also select sources and answer (stage 2, pipeline)
-    for example in tqdm(examples, desc=f"rerank ({reranker.name})", unit="query", disable=not show_progress):
-        if judge is None:
-            ranking, extra = reranker.rank(example), {}
-        else:
-            judgement = judge(example)
-            ranking, extra = judgement.ranking, answer_metrics(judgement, example)
-        rankings.append(ranking)
-        positives.append(example.positives)
-        extras.append(extra)
-        per_query.append({"qid": example.qid, "ranking": ranking, "positives": list(example.positives),
-                          **query_metrics(ranking, example.positives, k), **extra})
+    # rerankers that also select sources and answer (stage 2, pipeline): judge_many(examples) or judge(example)
+    judge_many = getattr(reranker, "judge_many", None)
+    if judge_many is None and callable(getattr(reranker, "judge", None)):
+        judge_many = lambda chunk: [reranker.judge(example) for example in chunk]  # noqa: E731
+    step = max(int(getattr(reranker, "query_batch", 1)), 1) if judge_many is not None else 1
+    with tqdm(total=len(examples), desc=f"rerank ({reranker.name})", unit="query", disable=not show_progress) as bar:
+        for start in range(0, len(examples), step):
+            chunk = examples[start:start + step]
+            judgements = judge_many(chunk) if judge_many is not None else [None] * len(chunk)
+            for example, judgement in zip(chunk, judgements):
+                if judgement is None:
+                    ranking, extra = reranker.rank(example), {}
+                else:
+                    ranking, extra = judgement.ranking, answer_metrics(judgement, example)
+                rankings.append(ranking)
+                positives.append(example.positives)
+                extras.append(extra)
+                per_query.append({"qid": example.qid, "ranking": ranking, "positives": list(example.positives),
+                                  **query_metrics(ranking, example.positives, k), **extra})
+            bar.update(len(chunk))
     metrics = ranking_metrics(rankings, positives, k)
     for key in dict.fromkeys(key for extra in extras for key in extra if key not in ("answer", "selected")):
         values = [extra[key] for extra in extras if key in extra]

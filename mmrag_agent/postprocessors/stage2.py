@@ -123,6 +123,32 @@ class Stage2Model:
         completion = generate(self.loaded, [prompt], [images], max_new_tokens=self.max_new_tokens, stop=ANSWER_CLOSE)[0]
         return self._finish(query, nodes, completion)
 
+    def run_many(self, requests: Sequence[tuple[str, Sequence[NodeWithScore]]], batch_size: int = 8) -> list[Stage2Result]:
+        """Stage-2 judgements of several ``(query, nodes)`` requests, generated ``batch_size`` prompts at a time.
+
+        Greedy decoding of a left-padded batch gives the same completions as :meth:`run` up to floating-point
+        noise, and on a CPU or GPU a batch of small prompts costs little more than one. Cached requests are
+        served from the cache.
+
+        Args:
+            requests: ``(query, nodes)`` pairs.
+            batch_size: Prompts per ``generate`` call (bounded by memory: K images each for a VLM).
+
+        Returns:
+            One :class:`Stage2Result` per request, in order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        results: list[Optional[Stage2Result]] = [self.lookup(q, n) for q, n in requests]
+        todo = [i for i, r in enumerate(results) if r is None]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            prompts, images = zip(*(self.prompt(*requests[i]) for i in chunk))
+            completions = generate(self.loaded, list(prompts), list(images), max_new_tokens=self.max_new_tokens, stop=ANSWER_CLOSE)
+            for i, completion in zip(chunk, completions):
+                results[i] = self._finish(*requests[i], completion)
+        return results  # type: ignore[return-value]
+
     def stream_answer(self, query: str, nodes: Sequence[NodeWithScore]) -> tuple[Iterator[str], "_Pending"]:
         """Stream the answer's text as it is generated; the full result lands in ``pending.result`` at the end."""
         from transformers import TextIteratorStreamer
