@@ -116,6 +116,18 @@ def tiny_qwen2_5_vl_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory) -> Path:
+    """A tiny random LLaVA (CLIP vision tower, Qwen2 language model) with its stock processor."""
+    return _tiny(tmp_path_factory, "llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3_dir(tmp_path_factory) -> Path:
+    """A tiny random Idefics3 (SmolVLM's architecture) with its stock processor."""
+    return _tiny(tmp_path_factory, "idefics3")
+
+
+@pytest.fixture(scope="session")
 def shrunken_qwen2_vl_dir(tmp_path_factory) -> Path:
     """The real Qwen2-VL-2B processor, tokenizer and chat template over a 2-layer random architecture."""
     if not SHARED_QWEN2_VL.is_dir():

@@ -42,6 +42,43 @@ def test_vlm_loads_with_image_only_processor_and_batched_scores_match_unbatched(
     assert prompt.index(QUERY) < prompt.index("<|image_pad|>") and prompt.endswith("<answer>")
 
 
+@pytest.mark.parametrize("fixture, processor_name, image_marker", [
+    ("tiny_llava_dir", "LlavaProcessor", "<image>"),
+    ("tiny_idefics3_dir", "Idefics3Processor", "<fake_token_around_image>"),
+])
+def test_other_vlm_families_score_pixels_and_generate(fixture, processor_name, image_marker, request, tmp_path):
+    """LLaVA-style and Idefics3 (SmolVLM) models go through the same code as Qwen-VL: stock processors, no fallback."""
+    from mmrag_agent.postprocessors.stage1 import Stage1RelevanceFilter
+    from mmrag_agent.postprocessors.stage2 import Stage2Model
+    from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
+
+    loaded = load_model(request.getfixturevalue(fixture), max_pixels=112 * 112)
+    assert loaded.is_vision and type(loaded.processor).__name__ == processor_name
+    scorer = YesNoScorer(loaded, batch_size=3)
+    batched = scorer.score(QUERY, candidates(tmp_path) * 2)
+    scorer.batch_size = 1
+    assert max(abs(a - b) for a, b in zip(batched, scorer.score(QUERY, candidates(tmp_path) * 2))) <= 1e-4
+    red = CandidateView("same text", image=str(write_image(tmp_path / "r.png", size=(90, 60), color="red")), modality="image")
+    blue = CandidateView("same text", image=str(write_image(tmp_path / "b.png", size=(90, 60), color="blue")), modality="image")
+    p_red, p_blue = scorer.score(QUERY, [red, blue])
+    assert p_red != pytest.approx(p_blue, abs=1e-7)  # the pixels reach the model
+    from mmrag_agent.models.generation import encode
+
+    assert image_marker in loaded.tokenizer.decode(encode(loaded, [scorer.prompt(QUERY, red)], [[red.image]])["input_ids"][0])
+
+    image = write_image(tmp_path / "stadium.png", size=(224, 224), color="green")
+    nodes = [NodeWithScore(node=ImageNode(image_path=str(image), text="the Olympic stadium"), score=0.5),
+             NodeWithScore(node=TextNode(text="Barcelona hosted the 1992 Summer Olympics."), score=0.4)]
+    kept = Stage1RelevanceFilter(loaded=loaded, top_n=2).postprocess_nodes(nodes, query_str=QUERY)
+    assert all(0.0 < n.node.metadata["relevance_probability"] < 1.0 for n in kept)
+    assert Stage2Model(loaded, max_new_tokens=6).run(QUERY, nodes).output.raw  # generation with images runs
+
+
+def test_max_pixels_bounds_the_longest_edge_of_idefics3_images(tiny_idefics3_dir):
+    assert load_model(tiny_idefics3_dir, max_pixels=112 * 112).processor.image_processor.size["longest_edge"] == 112
+    assert load_model(tiny_idefics3_dir).processor.image_processor.size["longest_edge"] == 448  # unchanged without a bound
+
+
 def test_image_pixels_change_the_score_of_a_vlm(tiny_qwen2_vl_dir, tmp_path):
     scorer = YesNoScorer(load_model(tiny_qwen2_vl_dir))
     red = CandidateView("same text", image=str(write_image(tmp_path / "r.png", size=(224, 224), color="red")), modality="image")

@@ -8,6 +8,7 @@ processors fail on their video half; an image-only processor is used instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -121,7 +122,9 @@ def load_model(
         attn_implementation: e.g. ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``; None for the default.
         adapter: A PEFT adapter directory to apply on top (alternatively pass the adapter as ``name_or_path``).
         min_pixels: Lower bound on image area for Qwen-VL-style processors.
-        max_pixels: Upper bound on image area (images are resized to fit); bounds the vision tokens.
+        max_pixels: Upper bound on image area (images are resized to fit); bounds the vision tokens. Qwen-VL
+            processors take it as is; Idefics3 / SmolVLM get a longest edge of ``sqrt(max_pixels)``; LLaVA-style
+            processors keep their fixed crop.
 
     Returns:
         A :class:`LoadedModel` in eval mode.
@@ -209,5 +212,20 @@ def load_image_processor_bundle(name_or_path, config, min_pixels: int | None = N
         from .processors import image_only_processor
 
         processor = image_only_processor(name_or_path, config.model_type, **pixel_kwargs)
+    _bound_longest_edge(processor.image_processor, max_pixels)
     processor.tokenizer.padding_side = "left"
     return processor
+
+
+def _bound_longest_edge(image_processor, max_pixels: int | None) -> None:
+    """Processors sized by longest edge (Idefics3 / SmolVLM): keep an image's area within ``max_pixels``.
+
+    Qwen-VL processors take ``max_pixels`` themselves; LLaVA-style processors crop to a fixed size.
+    """
+    if max_pixels is None or getattr(image_processor, "merge_size", None) is not None:  # Qwen-VL: "longest_edge" counts pixels
+        return
+    size = getattr(image_processor, "size", None)
+    current = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    edge = int(max_pixels ** 0.5)
+    if current and edge < current:
+        image_processor.size = {**size, "longest_edge": edge} if isinstance(size, dict) else dataclasses.replace(size, longest_edge=edge)

@@ -1,7 +1,8 @@
 """Tiny, randomly initialised models for tests and benchmarks, built offline from small configs.
 
 * :func:`train_tiny_tokenizer`: a byte-level BPE tokenizer in Qwen's format (special tokens, chat template).
-* :func:`build_tiny_model`: a tiny Qwen2 text model, Qwen2-VL or Qwen2.5-VL saved as a loadable directory.
+* :func:`build_tiny_model`: a tiny Qwen2 text model, Qwen2-VL, Qwen2.5-VL, LLaVA (CLIP vision tower) or
+  Idefics3 (SmolVLM's architecture) saved as a loadable directory.
 * :func:`build_shrunken_qwen2_vl`: the real Qwen2-VL-2B processor, tokenizer and chat template (from a
   directory of the real non-weight files) over a shrunken architecture.
 
@@ -84,7 +85,7 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0, image_size: int 
     """Save a tiny randomly initialised model with tokenizer (and processor for VLMs) to ``out``.
 
     Args:
-        kind: ``"qwen2"`` (text), ``"qwen2_vl"`` or ``"qwen2_5_vl"``.
+        kind: ``"qwen2"`` (text), ``"qwen2_vl"``, ``"qwen2_5_vl"``, ``"llava"`` or ``"idefics3"``.
         out: Directory to create.
         seed: Torch seed for the weights.
         image_size: Default ``max_pixels`` side for the image processor (images are resized to fit).
@@ -99,6 +100,8 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0, image_size: int 
     tokenizer = train_tiny_tokenizer(out)
     ids = _token_ids(tokenizer)
     torch.manual_seed(seed)
+    if kind in _OTHER_VLMS:
+        return _OTHER_VLMS[kind](out, tokenizer, image_size)
     if kind == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -123,7 +126,7 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0, image_size: int 
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
         model = Qwen2_5_VLForConditionalGeneration(config)
     else:
-        raise ValueError(f"unknown tiny model kind {kind!r}; use qwen2, qwen2_vl or qwen2_5_vl")
+        raise ValueError(f"unknown tiny model kind {kind!r}; use qwen2, qwen2_vl, qwen2_5_vl, llava or idefics3")
     model.save_pretrained(out)
     _save_qwen_image_processor(out, max_pixels=image_size * image_size)
     return out
@@ -134,6 +137,57 @@ def _save_qwen_image_processor(out: Path, max_pixels: int, min_pixels: int = 56 
 
     Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2,
                              temporal_patch_size=2).save_pretrained(out)
+
+
+#: A ChatML template that marks an image with one ``<image>`` placeholder (LLaVA and Idefics3 processors expand it).
+IMAGE_PLACEHOLDER_CHAT_TEMPLATE = QWEN_STYLE_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>")
+
+
+def _with_image_placeholder(out: Path, tokenizer, extra_tokens: list[str]):
+    tokenizer.add_tokens(["<image>", *extra_tokens], special_tokens=True)
+    tokenizer.chat_template = IMAGE_PLACEHOLDER_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    return tokenizer
+
+
+def _build_llava(out: Path, tokenizer, image_size: int) -> Path:
+    """LLaVA: a CLIP vision tower, a projector and a Qwen2 language model; fixed 56x56 crops (4x4 patches)."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    tokenizer = _with_image_placeholder(out, tokenizer, [])
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14)
+    text = Qwen2Config(**_tiny_text_config(len(tokenizer)), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-1)
+    LlavaForConditionalGeneration(config).save_pretrained(out)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1, image_token="<image>", chat_template=IMAGE_PLACEHOLDER_CHAT_TEMPLATE).save_pretrained(out)
+    return out
+
+
+def _build_idefics3(out: Path, tokenizer, image_size: int) -> Path:
+    """Idefics3 (SmolVLM): a SigLIP-style vision tower with pixel shuffle and a Llama language model."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+
+    grid = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tokenizer = _with_image_placeholder(out, tokenizer, ["<fake_token_around_image>", "<end_of_utterance>", "<global-img>", *grid])
+    vision = Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14)
+    text = LlamaConfig(**_tiny_text_config(len(tokenizer)), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Idefics3Config(vision_config=vision.to_dict(), text_config=text.to_dict(), scale_factor=2,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    Idefics3ForConditionalGeneration(config).save_pretrained(out)
+    # Images are resized to fit ``image_size`` on their longest edge, then split into 56x56 tiles plus a global view.
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": image_size}, max_image_size={"longest_edge": 56})
+    Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,  # (56 / 14)^2 / 2^2
+                      chat_template=IMAGE_PLACEHOLDER_CHAT_TEMPLATE).save_pretrained(out)
+    return out
+
+
+_OTHER_VLMS = {"llava": _build_llava, "idefics3": _build_idefics3}
 
 
 def build_shrunken_qwen2_vl(real_files: str | Path, out: str | Path, seed: int = 0, layers: int = 2) -> Path:
