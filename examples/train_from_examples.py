@@ -11,9 +11,13 @@ Stage 1 (SPEC §3): held-out P@1 / MRR of the stage-1 P(relevant) ranking zero-s
 and after GRPO. Stage 2 (SPEC §4), started from the stage-1 adapter: rank metrics of the generated ``<rank>``,
 answer F1 of ``<answer>`` and the format rate, before and after stage-2 GRPO (and after its warm start).
 
+Reference rerankers on the same held-out questions, candidates shuffled (seed 0) so that the file's order (a
+positive listed first in half the queries) is no cue: random, BM25, all-MiniLM-L6-v2, and the trained stage-1
+model once more on the shuffled candidates (``--reference-only`` adds them to an existing run).
+
 Writes ``OUT/results.json`` (every number, timings per phase and per GRPO step), ``OUT/held_out.png`` (held-out
-metrics per phase), and each stage's ``training_curves.png`` / ``model_card.json`` under ``OUT/stage1`` and
-``OUT/stage2``. These are small-model measurements on titles, not MultimodalQA leaderboard scores.
+metrics per phase, reference rerankers as lines), and each stage's ``training_curves.png`` / ``model_card.json``
+under ``OUT/stage1`` and ``OUT/stage2``. These are small-model measurements on titles, not MultimodalQA leaderboard scores.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient (SPEC 0.04; 0 skips the reference forward pass).")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     p.add_argument("--smoke", action="store_true", help="A few steps and questions: proves the pipeline end to end.")
+    p.add_argument("--reference-only", action="store_true",
+                   help="Only (re)compute the reference rerankers for the run in --out and redraw its figure.")
     args = p.parse_args()
     if args.smoke:
         args.stage1_steps, args.stage2_steps, args.sft_steps, args.stage2_sft_steps, args.sft_batch_size = 3, 2, 3, 2, 4
@@ -80,6 +86,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from mmrag_agent.finetune import Stage1Config, Stage2Config, train_stage1, train_stage2
 
+    if args.reference_only:
+        results = json.loads((args.out / "results.json").read_text())
+        results["reference"] = reference_rerankers(args)
+        finish(results, args.out)
+        return
     common = dict(data=str(args.data), split_seed=0, held_out_fraction=0.2, seed=0, gradient_checkpointing=False,
                   num_generations=args.generations, learning_rate=args.lr, sft_learning_rate=args.sft_lr, sft_warm_start=args.sft,
                   save_steps=50, report_to="none", beta=args.beta)
@@ -107,10 +118,36 @@ def main() -> None:
         results["stage2"] = summarize(s2.model_card, time.perf_counter() - began)
         report("stage 2", results["stage2"], ("p@1", "mrr", "set_f1", "answer_f1", "format_rate"))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot_phases(results, args.out / "held_out.png")
-    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'held_out.png'}, and {args.out}/stage*/training_curves.png")
+    results["reference"] = reference_rerankers(args)
+    finish(results, args.out)
+
+
+def reference_rerankers(args) -> dict:
+    """Random, BM25, MiniLM and the trained stage-1 model on the stage-1 held-out questions, candidates shuffled."""
+    from mmrag_agent.eval.baselines import make_reranker
+    from mmrag_agent.eval.rerank import evaluate_reranker, shuffle_candidates
+    from mmrag_agent.eval.stage1 import Stage1Reranker
+    from mmrag_agent.finetune.datasets import split_by_question
+    from mmrag_agent.schema import read_rerank_examples
+
+    _, held_out = split_by_question(read_rerank_examples(args.data), 0.2, seed=0)
+    held_out = shuffle_candidates(held_out[: args.eval_queries], seed=0)
+    rerankers = {"random": make_reranker("random", seed=0), "bm25": make_reranker("bm25"),
+                 "all-MiniLM-L6-v2": make_reranker("embedding", model="minilm")}
+    if (args.out / "stage1" / "adapter_config.json").exists() or (args.out / "stage1" / "config.json").exists():
+        rerankers["stage 1 trained (shuffled)"] = Stage1Reranker(str(args.out / "stage1"))
+    out = {}
+    for name, reranker in rerankers.items():
+        out[name] = {**evaluate_reranker(held_out, reranker, show_progress=False).metrics, "n": len(held_out)}
+        print(f"  reference {name:<28} " + "  ".join(f"{m} {out[name][m]:.4f}" for m in ("p@1", "mrr", "ndcg@5")))
+    return out
+
+
+def finish(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_phases(results, out / "held_out.png")
+    print(f"\nwrote {out / 'results.json'}, {out / 'held_out.png'}, and {out}/stage*/training_curves.png")
 
 
 def summarize(card: dict, seconds: float) -> dict:
@@ -163,6 +200,11 @@ def plot_phases(results: dict, path: Path) -> None:
             ax.bar([j + i * width for j in range(len(phases))], [results[stage]["held_out"][p].get(metric, 0) or 0 for p in phases],
                    width, label=metric)
         ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(phases))], phases)
+        if stage == "stage1":  # reference rerankers on the same questions: their P@1 as lines
+            styles = iter([":", "--", "-."])
+            for name, record in results.get("reference", {}).items():
+                if "trained" not in name:
+                    ax.axhline(record["p@1"], color="grey", linestyle=next(styles, ":"), linewidth=1, label=f"P@1 {name}")
         ax.set_ylim(0, 1)
         ax.set_title(f"{stage}: held-out ({results[stage]['held_out_queries']} questions)")
         ax.legend(fontsize=8)
