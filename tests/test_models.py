@@ -28,8 +28,10 @@ def candidates(tmp_path):
     ("tiny_qwen2_5_vl_dir", ImageOnlyQwen2_5_VLProcessor),
     ("shrunken_qwen2_vl_dir", ImageOnlyQwen2VLProcessor),
 ])
-def test_vlm_loads_with_image_only_processor_and_batched_scores_match_unbatched(fixture, processor_cls, request, tmp_path):
+def test_vlm_loads_with_image_only_processor_and_batched_scores_match_unbatched(fixture, processor_cls, request, tmp_path, monkeypatch):
     loaded = load_model(request.getfixturevalue(fixture), max_pixels=448 * 448)
+    reused = []
+    monkeypatch.setattr(YesNoScorer, "_score_with_prefix", _spy(YesNoScorer._score_with_prefix, reused))
     assert loaded.is_vision and isinstance(loaded.processor, processor_cls)
     scorer = YesNoScorer(loaded, batch_size=3)
     batched = scorer.score(QUERY, candidates(tmp_path) * 2)
@@ -37,6 +39,9 @@ def test_vlm_loads_with_image_only_processor_and_batched_scores_match_unbatched(
     unbatched = scorer.score(QUERY, candidates(tmp_path) * 2)
     assert all(0.0 < p < 1.0 for p in batched)
     assert max(abs(a - b) for a, b in zip(batched, unbatched)) <= 1e-4
+    no_prefix_cache = YesNoScorer(loaded, batch_size=3, prefix_cache=False).score(QUERY, candidates(tmp_path) * 2)
+    assert max(abs(a - b) for a, b in zip(batched, no_prefix_cache)) <= 1e-4  # M-RoPE positions after the cached prefix
+    assert len(reused) == 2  # the two prefix-cached runs took the shared-prefix path
     assert batched[:3] == pytest.approx(batched[3:], abs=1e-5)
     prompt = scorer.prompt(QUERY, candidates(tmp_path)[1])
     assert prompt.index(QUERY) < prompt.index("<|image_pad|>") and prompt.endswith("<answer>")
@@ -58,6 +63,8 @@ def test_other_vlm_families_score_pixels_and_generate(fixture, processor_name, i
     batched = scorer.score(QUERY, candidates(tmp_path) * 2)
     scorer.batch_size = 1
     assert max(abs(a - b) for a, b in zip(batched, scorer.score(QUERY, candidates(tmp_path) * 2))) <= 1e-4
+    no_prefix_cache = YesNoScorer(loaded, batch_size=3, prefix_cache=False).score(QUERY, candidates(tmp_path) * 2)
+    assert max(abs(a - b) for a, b in zip(batched, no_prefix_cache)) <= 1e-4
     red = CandidateView("same text", image=str(write_image(tmp_path / "r.png", size=(90, 60), color="red")), modality="image")
     blue = CandidateView("same text", image=str(write_image(tmp_path / "b.png", size=(90, 60), color="blue")), modality="image")
     p_red, p_blue = scorer.score(QUERY, [red, blue])
@@ -79,6 +86,13 @@ def test_max_pixels_bounds_the_longest_edge_of_idefics3_images(tiny_idefics3_dir
     assert load_model(tiny_idefics3_dir).processor.image_processor.size["longest_edge"] == 448  # unchanged without a bound
 
 
+def _spy(method, calls: list):
+    def wrapper(self, *args, **kwargs):
+        calls.append(args)
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
 def test_image_pixels_change_the_score_of_a_vlm(tiny_qwen2_vl_dir, tmp_path):
     scorer = YesNoScorer(load_model(tiny_qwen2_vl_dir))
     red = CandidateView("same text", image=str(write_image(tmp_path / "r.png", size=(224, 224), color="red")), modality="image")
@@ -96,15 +110,28 @@ def test_text_model_reads_image_surrogates(tiny_qwen2_dir, tmp_path):
     assert len(scorer.score(QUERY, candidates(tmp_path))) == 3
 
 
-def test_shared_prefix_cache_gives_the_scores_of_full_batching(tiny_qwen2_dir, tmp_path):
+def test_shared_prefix_cache_gives_the_scores_of_full_batching(tiny_qwen2_dir, tmp_path, monkeypatch):
     loaded = load_model(tiny_qwen2_dir)
     many = candidates(tmp_path) * 3 + [CandidateView("word " * 80, title="Long")]
     cached = YesNoScorer(loaded, batch_size=4, prefix_cache=True)
-    prompt = cached.prompt(QUERY, many[0])
-    split = prompt.index(QUERY) + len(QUERY)
-    assert cached._splits_cleanly(prompt, split)
+    shared = cached._shared_prefix([cached.prompt(QUERY, c) for c in many])
+    assert QUERY in loaded.tokenizer.decode(shared)  # system, instruction and query are shared
+    reused = []
+    monkeypatch.setattr(YesNoScorer, "_score_with_prefix", _spy(YesNoScorer._score_with_prefix, reused))
     full = YesNoScorer(loaded, batch_size=4, prefix_cache=False).score(QUERY, many)
     assert max(abs(a - b) for a, b in zip(cached.score(QUERY, many), full)) <= 1e-4
+    assert len(reused) == 1
+
+
+def test_shared_prefix_stops_before_image_tokens_and_leaves_each_prompt_a_token(tiny_qwen2_vl_dir, tmp_path):
+    loaded = load_model(tiny_qwen2_vl_dir)
+    scorer = YesNoScorer(loaded)
+    image = str(write_image(tmp_path / "same.png", size=(56, 56), color="red"))
+    twins = [CandidateView("", image=image, modality="image")] * 2  # identical prompts, an image first in the candidate
+    shared = scorer._shared_prefix([scorer.prompt(QUERY, c) for c in twins])
+    full = loaded.tokenizer(scorer.prompt(QUERY, twins[0]), add_special_tokens=False)["input_ids"]
+    assert len(shared) < len(full) and loaded.model.config.vision_start_token_id not in shared
+    assert full[len(shared)] in (loaded.model.config.vision_start_token_id, loaded.model.config.image_token_id)
 
 
 def test_answer_words_must_be_single_tokens(tiny_qwen2_dir):

@@ -18,13 +18,17 @@ def open_image(image):
     return load_image(image).image
 
 
-def encode(loaded: LoadedModel, prompts: Sequence[str], images: Sequence[Sequence] | None = None):
-    """Batch-encode rendered prompts, left-padded; ``images[i]`` are prompt i's images in order of appearance."""
+def encode(loaded: LoadedModel, prompts: Sequence[str], images: Sequence[Sequence] | None = None, padding_side: str = "left"):
+    """Batch-encode rendered prompts (padded on ``padding_side``); ``images[i]`` are prompt i's images in order.
+
+    The chat template already wrote the special tokens, so the tokenizer adds none (no second BOS).
+    """
     if loaded.is_vision:
         flat = [open_image(im) for per_prompt in (images or []) for im in per_prompt if im is not None]
-        inputs = loaded.processor(text=list(prompts), images=flat or None, padding=True, return_tensors="pt")
+        inputs = loaded.processor(text=list(prompts), images=flat or None, padding=True, padding_side=padding_side,
+                                  add_special_tokens=False, return_tensors="pt")
     else:
-        inputs = loaded.tokenizer(list(prompts), padding=True, return_tensors="pt", add_special_tokens=False)
+        inputs = loaded.tokenizer(list(prompts), padding=True, padding_side=padding_side, return_tensors="pt", add_special_tokens=False)
     inputs = inputs.to(loaded.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)

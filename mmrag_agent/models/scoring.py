@@ -44,8 +44,9 @@ class YesNoScorer:
         max_text_tokens: Token budget of each candidate's text.
         use_images: Show images to vision-language models (else only their surrogate text). Image size is
             bounded by the processor (``max_pixels`` of :func:`~mmrag_agent.models.load_model`).
-        prefix_cache: For text-only models, run the prompt part shared by one query's candidates (system,
-            instruction, query) once and reuse its key/value cache for every candidate.
+        prefix_cache: Run the prompt part shared by one query's candidates (system, instruction, query) once
+            and reuse its key/value cache for every candidate (text models and VLMs; M-RoPE positions for
+            Qwen-VL images are computed over the whole sequence).
     """
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, max_text_tokens: int = 256, use_images: bool = True,
@@ -64,10 +65,11 @@ class YesNoScorer:
     def score(self, query: str, candidates: Sequence[CandidateView]) -> list[float]:
         """P(relevant) for each candidate, in the given order."""
         prompts = [self.prompt(query, c) for c in candidates]
-        if self.prefix_cache and not self.loaded.is_vision and len(prompts) > 1:
-            split = _shared_prefix_end(prompts, f"Question: {query}")
-            if split is not None and self._splits_cleanly(prompts[0], split):
-                return self._score_with_prefix(prompts[0][:split], [p[split:] for p in prompts])
+        if self.prefix_cache and len(prompts) > 1:
+            shared = self._shared_prefix(prompts)
+            if len(shared) >= _MIN_SHARED_TOKENS:
+                images = [open_image(c.image) if self.use_images else None for c in candidates]
+                return self._score_with_prefix(shared, prompts, images)
         return self.score_prompts(prompts, [c.image for c in candidates])
 
     def score_prompts(self, prompts: Sequence[str], images: Sequence) -> list[float]:
@@ -102,50 +104,88 @@ class YesNoScorer:
         return torch.softmax(pair, dim=-1)[:, 0].tolist()
 
 
-    # -- shared-prefix reuse (text-only models)
-    def _splits_cleanly(self, prompt: str, split: int) -> bool:
-        """True when tokenizing prefix and suffix apart gives the ids of the whole prompt."""
-        encode = lambda text: self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return encode(prompt[:split]) + encode(prompt[split:]) == encode(prompt)
+    # -- shared-prefix reuse: the tokens every prompt of one query starts with run once
+    def _shared_prefix(self, prompts: Sequence[str]) -> list[int]:
+        """The longest common prefix of the prompts' token ids, ending before any image token and leaving each
+        prompt at least one token of its own. Computed on ids, not text: a BPE merge across the query's end
+        ("?\\n\\n" is one token for Qwen) never splits a token."""
+        rows = [self.loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        limit = min(len(r) for r in rows) - 1
+        media = _media_token_ids(self.loaded)
+        n = 0
+        while n < limit and rows[0][n] not in media and all(r[n] == rows[0][n] for r in rows):
+            n += 1
+        return rows[0][:n]
 
-    def _score_with_prefix(self, prefix: str, suffixes: list[str]) -> list[float]:
+    def _score_with_prefix(self, shared: list[int], prompts: list[str], images: list) -> list[float]:
         import copy
 
         import torch
 
-        tokenizer, model, device = self.loaded.tokenizer, self.loaded.model, self.loaded.device
-        prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        suffix_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in suffixes]
-        cache_arg = _cache_argument(model)
+        model, device, n_prefix = self.loaded.model, self.loaded.device, len(shared)
+        prefix_ids = torch.tensor([shared], device=device)
         with torch.inference_mode():
             out = model(input_ids=prefix_ids, use_cache=True)
             cache = getattr(out, "cache", None) or out.past_key_values
-        n_prefix = prefix_ids.shape[1]
-        order = sorted(range(len(suffixes)), key=lambda i: len(suffix_ids[i]))
-        scores = [0.0] * len(suffixes)
+        order = sorted(range(len(prompts)), key=lambda i: (images[i] is not None, len(prompts[i])))
+        scores = [0.0] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            width = max(len(suffix_ids[i]) for i in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), n_prefix + width), dtype=torch.long)
-            mask[:, :n_prefix] = 1
-            for row, i in enumerate(batch):  # right padding: each row's last real token keeps its position
-                ids[row, : len(suffix_ids[i])] = torch.tensor(suffix_ids[i])
-                mask[row, n_prefix: n_prefix + len(suffix_ids[i])] = 1
+            inputs = dict(encode(self.loaded, [prompts[i] for i in batch], [[images[i]] if images[i] is not None else [] for i in batch],
+                                 padding_side="right"))
+            full_ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+            if not bool((full_ids[:, :n_prefix] == prefix_ids).all()):  # the processor tokenized differently: no reuse
+                for i, p in zip(batch, self._forward([prompts[i] for i in batch], [images[i] for i in batch])):
+                    scores[i] = p
+                continue
+            inputs.pop("token_type_ids", None)
+            positions = self._positions(full_ids, mask, inputs)[..., n_prefix:]
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(len(batch))
-            positions = torch.arange(n_prefix, n_prefix + width).unsqueeze(0).expand(len(batch), -1)
-            # Project only the answer positions onto the vocabulary (the LM head over every suffix token costs ~10%).
-            last = [len(suffix_ids[i]) - 1 for i in batch]
+            # Right padding: each row's last real token is its answer position. Project only those onto the
+            # vocabulary (the LM head over every token costs ~10% of a small model's forward pass).
+            last = (mask.sum(dim=1) - 1 - n_prefix).tolist()
             keep = sorted(set(last))
             with torch.inference_mode():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                               use_cache=True, logits_to_keep=torch.tensor(keep, device=device), **{cache_arg: batch_cache}).logits
+                logits = model(input_ids=full_ids[:, n_prefix:], attention_mask=mask, position_ids=positions, use_cache=True,
+                               logits_to_keep=torch.tensor(keep, device=device), **{_cache_argument(model): batch_cache}, **inputs).logits
             column = torch.tensor([keep.index(n) for n in last], device=logits.device)
             pair = logits[torch.arange(len(batch), device=logits.device), column][:, [self.yes_id, self.no_id]].float()
             for i, p in zip(batch, torch.softmax(pair, dim=-1)[:, 0].tolist()):
                 scores[i] = p
         return scores
+
+    def _positions(self, ids, mask, inputs: dict):
+        """Position ids of whole right-padded prompts: 0..L-1, or Qwen-VL's 3-D M-RoPE positions when images are in."""
+        import torch
+
+        type_ids = inputs.pop("mm_token_type_ids", None)
+        rope_index = getattr(_base_model(self.loaded.model), "get_rope_index", None)
+        if rope_index is None or "image_grid_thw" not in inputs:
+            return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+        return rope_index(ids, mm_token_type_ids=type_ids, image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)[0]
+
+
+_MIN_SHARED_TOKENS = 8  # below this, a separate prefix pass costs more than it saves
+
+
+def _media_token_ids(loaded: LoadedModel) -> set[int]:
+    """Ids of the image / video placeholder tokens of a VLM (none for a text model)."""
+    if not loaded.is_vision:
+        return set()
+    config = loaded.model.config
+    names = ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id")
+    ids = {getattr(config, n, None) for n in names}
+    token = getattr(loaded.processor, "image_token", None)
+    if isinstance(token, str):
+        ids.add(loaded.tokenizer.convert_tokens_to_ids(token))
+    return {i for i in ids if isinstance(i, int)}
+
+
+def _base_model(model):
+    """The transformers model under a PEFT wrapper, and its inner multimodal model where there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, "model", base)
 
 
 def _cache_argument(model) -> str:
@@ -154,17 +194,3 @@ def _cache_argument(model) -> str:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _shared_prefix_end(prompts: list[str], marker: str) -> int | None:
-    """Where the shared prefix ends: right after ``marker`` (the query), if every prompt shares it.
-
-    Splitting between the query's last character and the whitespace after it falls on a pre-tokenizer
-    boundary, so the prefix and suffix token ids concatenate to the ids of the whole prompt.
-    """
-    at = prompts[0].find(marker)
-    if at < 0:
-        return None
-    end = at + len(marker)
-    prefix = prompts[0][:end]
-    return end if all(p.startswith(prefix) for p in prompts) else None
