@@ -81,6 +81,16 @@ def test_other_vlm_families_score_pixels_and_generate(fixture, processor_name, i
     assert Stage2Model(loaded, max_new_tokens=6).run(QUERY, nodes).output.raw  # generation with images runs
 
 
+def test_special_tokens_are_added_as_transformers_chat_flow_adds_them(tiny_llava_dir, tiny_qwen2_dir):
+    from mmrag_agent.models.generation import adds_special_tokens
+
+    assert not adds_special_tokens(load_model(tiny_qwen2_dir), ["<|im_start|>user"])  # tokenizer chat flow: never
+    vlm = load_model(tiny_llava_dir)
+    vlm.tokenizer.bos_token = "<|im_start|>"
+    assert not adds_special_tokens(vlm, ["<|im_start|>user\nhi", "<|im_start|>user\nho"])  # the template wrote BOS
+    assert adds_special_tokens(vlm, ["USER: hi", "<|im_start|>user"])  # a template without BOS gets the tokenizer's
+
+
 def test_max_pixels_bounds_the_longest_edge_of_idefics3_images(tiny_idefics3_dir):
     assert load_model(tiny_idefics3_dir, max_pixels=112 * 112).processor.image_processor.size["longest_edge"] == 112
     assert load_model(tiny_idefics3_dir).processor.image_processor.size["longest_edge"] == 448  # unchanged without a bound

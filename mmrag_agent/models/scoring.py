@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..prompts import ANSWER_OPEN, NO, YES, CandidateView, render_chat, stage1_messages
-from .generation import encode, generate, open_image
+from .generation import adds_special_tokens, encode, generate, open_image
 from .loading import LoadedModel
 
 
@@ -109,7 +109,8 @@ class YesNoScorer:
         """The longest common prefix of the prompts' token ids, ending before any image token and leaving each
         prompt at least one token of its own. Computed on ids, not text: a BPE merge across the query's end
         ("?\\n\\n" is one token for Qwen) never splits a token."""
-        rows = [self.loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        special = adds_special_tokens(self.loaded, prompts)  # tokenize as encode() will
+        rows = [self.loaded.tokenizer(p, add_special_tokens=special)["input_ids"] for p in prompts]
         limit = min(len(r) for r in rows) - 1
         media = _media_token_ids(self.loaded)
         n = 0
