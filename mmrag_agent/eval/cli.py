@@ -93,4 +93,5 @@ def print_result(result, title: str) -> None:
     m = result.metrics
     table.add_row(result.reranker, result.model or "-", str(result.n),
                   *(f"{m[key]:.4f}" for key in ("p@1", "mrr", f"ndcg@{result.k}", f"recall@{result.k}", *extra)))
-    console.print(table)
+    # Piped to a file or a CI log, rich assumes 80 columns and would squeeze the names away: print it whole.
+    (console if console.is_terminal else Console(width=200)).print(table)
