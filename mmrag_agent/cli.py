@@ -97,8 +97,13 @@ def search(
 def open_index(store: Optional[Path], qdrant_url: Optional[str], collection: str, device: str):
     """The index in ``store``, the Qdrant server at ``qdrant_url``, or by default ``./.mmrag``."""
     from .indexing import load_index
+    from .indexing.store import StoreError
 
-    return load_index(store=store or (None if qdrant_url else Path(".mmrag")), qdrant_url=qdrant_url, collection=collection, device=device)
+    try:
+        return load_index(store=store or (None if qdrant_url else Path(".mmrag")), qdrant_url=qdrant_url, collection=collection, device=device)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def print_hits(query: str, index_, k: int) -> None:
@@ -125,9 +130,14 @@ ModelOption = typer.Option("smollm2", "--model", help="Model of both stages: hub
 def make_engine(index_, model: str, stage1_model: Optional[str], stage2_model: Optional[str], device: str, keep: int,
                 k_text: int, k_image: int, max_new_tokens: int):
     from .engine import MMRAGQueryEngine
+    from .models import ModelLoadError
 
-    return MMRAGQueryEngine.from_defaults(index_, model=model, stage1_model=stage1_model, stage2_model=stage2_model, device=device,
-                                          keep=keep, k_text=k_text, k_image=k_image, max_new_tokens=max_new_tokens)
+    try:
+        return MMRAGQueryEngine.from_defaults(index_, model=model, stage1_model=stage1_model, stage2_model=stage2_model, device=device,
+                                              keep=keep, k_text=k_text, k_image=k_image, max_new_tokens=max_new_tokens)
+    except ModelLoadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -46,11 +46,17 @@ def test_index_then_search_prints_summary_failures_and_hits(minilm, tmp_path, mo
     assert "fox.txt" in hits.output.split("Image hits")[0]
 
 
-def test_search_without_an_index_says_how_to_make_one(tmp_path, monkeypatch):
+def test_search_and_ask_without_an_index_say_how_to_make_one_and_create_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["search", "anything"])
-    assert result.exit_code != 0
-    assert "run `mmrag index FOLDER` first" in str(result.exception)
+    for args in (["search", "anything"], ["ask", "anything", "--store", str(tmp_path / "nowhere")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "the folder does not exist" in result.output and "mmrag index FOLDER" in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / ".mmrag").exists() and not (tmp_path / "nowhere").exists()  # a wrong path is not made a store
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["search", "anything", "--store", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "no index with collection prefix 'mmrag'" in result.output
 
 
 def _section(out: str, title: str) -> str:

@@ -379,6 +379,9 @@ def load_index(
         device: Torch device for the models.
         dtype: CLIP dtype.
     """
+    if qdrant_url is None and store is not None and not Path(store).is_dir():  # opening it would create an empty store
+        raise StoreError(f"no index at {store}: the folder does not exist; run `mmrag index FOLDER` (its index goes to "
+                         "FOLDER/.mmrag) or pass the --store it was written to")
     index_store = IndexStore(open_client(store, qdrant_url, qdrant_api_key), collection)
     meta = index_store.read_meta()
     if meta is None:
