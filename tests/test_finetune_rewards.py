@@ -195,17 +195,9 @@ def test_completion_text_forms():
     assert completion_text(None) == ""
 
 
-# --- with the real answer metrics (skipped until mmrag_agent.eval.answers exists) ---------------------------
-
-def _real_answers():
-    try:
-        from mmrag_agent.eval.answers import answer_f1, webqa_accuracy  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"mmrag_agent.eval.answers is not available yet ({exc}); answer metrics are written by another module")
-
+# --- with the real answer metrics ----------------------------------------------------------------------------
 
 def test_stage2_answer_reward_with_the_real_metrics():
-    _real_answers()
     from mmrag_agent.eval.answers import webqa_accuracy
 
     completions = [_c("[1]", answer="The Bad News Bears [1]"), _c("[1]", answer="bad bears"), _c("[1]", answer="[1]"),
