@@ -126,7 +126,7 @@ class YesNoScorer:
         model, device, n_prefix = self.loaded.model, self.loaded.device, len(shared)
         prefix_ids = torch.tensor([shared], device=device)
         with torch.inference_mode():
-            out = model(input_ids=prefix_ids, use_cache=True)
+            out = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)  # only its cache is used
             cache = getattr(out, "cache", None) or out.past_key_values
         order = sorted(range(len(prompts)), key=lambda i: (images[i] is not None, len(prompts[i])))
         scores = [0.0] * len(prompts)
