@@ -116,12 +116,7 @@ class Stage2Model:
 
     def run(self, query: str, nodes: Sequence[NodeWithScore]) -> Stage2Result:
         """The stage-2 judgement of ``nodes`` for ``query`` (generated once, then served from the cache)."""
-        cached = self.lookup(query, nodes)
-        if cached is not None:
-            return cached
-        prompt, images = self.prompt(query, nodes)
-        completion = generate(self.loaded, [prompt], [images], max_new_tokens=self.max_new_tokens, stop=ANSWER_CLOSE)[0]
-        return self._finish(query, nodes, completion)
+        return self.run_many([(query, nodes)], batch_size=1)[0]
 
     def run_many(self, requests: Sequence[tuple[str, Sequence[NodeWithScore]]], batch_size: int = 8) -> list[Stage2Result]:
         """Stage-2 judgements of several ``(query, nodes)`` requests, generated ``batch_size`` prompts at a time.
