@@ -24,6 +24,7 @@ import argparse
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -145,7 +146,8 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from mmrag_agent.models.tiny import build_tiny_model
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny-model factory is test scaffolding
+    from tiny_models import build_tiny_model
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -13,7 +13,7 @@ The page is meant to be read by a person who wants to know *which sources an ans
 * the raw model output (collapsed) and the timings.
 
 Safety: every piece of text (model output, document text, file names) is HTML-escaped; images are decoded
-with :func:`mmrag_agent.indexing.images.load_image` (decompression-bomb guard, full decode, EXIF orientation),
+with :func:`mmrag_agent.media.load_image` (decompression-bomb guard, full decode, EXIF orientation),
 downscaled and embedded as base64 ``data:`` URIs; the page loads nothing from anywhere and carries a
 Content-Security-Policy that forbids scripts and any non-``data:`` resource, as defence in depth.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from mmrag_agent.explain import CandidateEvidence, ExplainedAnswer
-from mmrag_agent.indexing.images import ImageRejected, load_image
+from mmrag_agent.media import ImageRejected, load_image
 
 __all__ = ["render_explanation_html", "write_explanation_html", "candidate_anchor"]
 
@@ -387,7 +387,7 @@ def render_explanation_html(result: ExplainedAnswer, max_thumbnail_side: int = 2
     """Render an explained answer as one self-contained HTML page (a string; nothing is written).
 
     The page needs nothing outside itself: the CSS is inline, image candidates are decoded with
-    :func:`~mmrag_agent.indexing.images.load_image` (so decompression bombs are refused before decoding,
+    :func:`~mmrag_agent.media.load_image` (so decompression bombs are refused before decoding,
     truncated files fail cleanly and EXIF orientation is applied), downscaled so their longer side is at most
     ``max_thumbnail_side`` pixels and embedded as base64 ``data:`` URIs (PNG, or JPEG when that is smaller
     for large photos). An image that cannot be shown (no path, missing file, refused or corrupt) gets a

@@ -92,7 +92,7 @@ SHARED_QWEN2_VL = SHARED / "model-configs" / "Qwen2-VL-2B-Instruct"
 
 
 def _tiny(tmp_path_factory, kind: str) -> Path:
-    from mmrag_agent.models.tiny import build_tiny_model
+    from tiny_models import build_tiny_model
 
     return build_tiny_model(kind, tmp_path_factory.mktemp(f"tiny-{kind}"))
 
@@ -132,6 +132,6 @@ def shrunken_qwen2_vl_dir(tmp_path_factory) -> Path:
     """The real Qwen2-VL-2B processor, tokenizer and chat template over a 2-layer random architecture."""
     if not SHARED_QWEN2_VL.is_dir():
         pytest.skip("../shared/model-configs/Qwen2-VL-2B-Instruct not present")
-    from mmrag_agent.models.tiny import build_shrunken_qwen2_vl
+    from tiny_models import build_shrunken_qwen2_vl
 
     return build_shrunken_qwen2_vl(SHARED_QWEN2_VL, tmp_path_factory.mktemp("shrunken-qwen2-vl"))

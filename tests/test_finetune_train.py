@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mmrag_agent.finetune import Stage1Config, Stage2Config, parse_overrides, read_model_card, train_stage1, train_stage2
-from mmrag_agent.finetune.cli import train_app
+from mmrag_agent.cli.train import train_app
 from mmrag_agent.finetune.rewards import completion_text
 from mmrag_agent.models import load_model
 from mmrag_agent.postprocessors.stage1 import Stage1RelevanceFilter
@@ -132,8 +132,8 @@ def test_scale_out_configs_build_without_running(tmp_path):
     # The generation batch must hold whole groups of num_generations completions (checked by TRL, per process count)
     with pytest.raises(ValueError, match="divisible by num_generations"):
         Stage1Config(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=4)
-    # The same fields from a command line, as `accelerate launch -m mmrag_agent.finetune.cli stage1 --set ...` passes them
-    from mmrag_agent.finetune.cli import build_config
+    # The same fields from a command line, as `accelerate launch -m mmrag_agent.cli.train stage1 --set ...` passes them
+    from mmrag_agent.cli.train import build_config
 
     config = build_config(1, sets=["use_vllm=true", "vllm_mode=server", "vllm_server_base_url=http://h:8000", "num_generations=4",
                                    "per_device_train_batch_size=4"], data="train.jsonl", output_dir=str(tmp_path))

@@ -9,7 +9,7 @@ import pytest
 from files import write_image, write_pdf, write_png_declaring
 
 from mmrag_agent.indexing.discovery import discover
-from mmrag_agent.indexing.images import ImageRejected, load_image
+from mmrag_agent.media import ImageRejected, load_image
 from mmrag_agent.indexing.readers import FileRejected, decode_text, read_html, read_markdown, read_pdf
 from mmrag_agent.indexing.surrogates import build_surrogate, file_name_words
 

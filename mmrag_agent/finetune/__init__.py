@@ -9,7 +9,7 @@ or full fine-tuning, held-out evaluation, ``model_card.json`` and curves), ``mmr
 
 Scale-out (details and commands in ``docs/scale_out.md``):
 
-* several GPUs: ``accelerate launch --num_processes 4 -m mmrag_agent.finetune.cli stage1 --data ... --output ...``;
+* several GPUs: ``accelerate launch --num_processes 4 -m mmrag_agent.cli.train stage1 --data ... --output ...``;
   the configs are ``GRPOConfig`` objects, so DDP / FSDP / DeepSpeed settings pass through as config fields. The
   global batch ``per_device_train_batch_size * num_processes * gradient_accumulation_steps`` must be a multiple
   of ``num_generations``.

@@ -2,7 +2,7 @@
 
 from .discovery import FileFailure
 from .embeddings import ClipEmbedding, EmbeddingModelUnavailable, SurrogateTextImageEmbedding, resolve_image_embedding, resolve_text_embedding
-from .images import ImageRejected, load_image
+from ..media import ImageRejected, load_image
 from .pipeline import FolderIndexer, IndexReport, build_index, default_store, load_index
 from .readers import FileRejected
 from .store import IndexStore, StoreError, close_local_clients, open_client

@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS
+from ..media import IMAGE_EXTENSIONS
 from .readers import TEXT_EXTENSIONS
 
 

@@ -18,7 +18,7 @@ from llama_index.core.embeddings.multi_modal_base import MultiModalEmbedding
 from llama_index.core.schema import ImageType
 from pydantic import Field, PrivateAttr
 
-from .images import DEFAULT_MAX_IMAGE_PIXELS, load_image
+from ..media import DEFAULT_MAX_IMAGE_PIXELS, load_image, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +31,6 @@ MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", MINILM_HUB_ID)
 class EmbeddingModelUnavailable(RuntimeError):
     """An embedding model could not be loaded; the message names the model and the fix."""
 
-
-def torch_dtype(name: str):
-    """Map ``"float32" | "float16" | "bfloat16"`` (or a torch dtype) to a torch dtype."""
-    import torch
-
-    if not isinstance(name, str):
-        return name
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
 
 
 class ClipEmbedding(MultiModalEmbedding):

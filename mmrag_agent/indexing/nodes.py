@@ -17,7 +17,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import ImageNode, NodeRelationship, RelatedNodeInfo, TextNode
 
 from .discovery import FoundFile
-from .images import DEFAULT_MAX_IMAGE_PIXELS, LoadedImage, load_image
+from ..media import DEFAULT_MAX_IMAGE_PIXELS, LoadedImage, load_image
 from .readers import READERS, FileRejected, ParsedDocument, read_pdf
 from .store import document_id, point_id
 from .surrogates import build_surrogate

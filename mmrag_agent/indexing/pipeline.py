@@ -36,7 +36,7 @@ from .embeddings import (
     resolve_image_embedding,
     resolve_text_embedding,
 )
-from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, image_to_png_bytes
+from ..media import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, image_to_png_bytes
 from .nodes import NodeFactory, PreparedFile, parse_document, sha256_bytes
 from .ocr import load_ocr
 from .readers import FileRejected

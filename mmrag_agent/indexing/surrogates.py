@@ -73,7 +73,7 @@ def build_surrogate(
 
 def standalone_surrogate(path: Path, ocr: Callable | None = None) -> str:
     """The surrogate of an image file on its own (no folder context: no alt text from other documents)."""
-    from .images import load_image
+    from ..media import load_image
 
     caption = ""
     for sidecar in (path.with_name(path.name + ".txt"), path.with_suffix(".txt")):

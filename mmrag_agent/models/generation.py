@@ -13,7 +13,7 @@ def open_image(image):
 
     if image is None or isinstance(image, Image.Image):
         return image
-    from ..indexing.images import load_image
+    from ..media import load_image
 
     return load_image(image).image
 

@@ -135,7 +135,7 @@ def load_model(
     """
     from transformers import AutoConfig
 
-    from ..indexing.embeddings import torch_dtype
+    from ..media import torch_dtype
 
     name = str(name_or_path)
     if name in SMOLLM2_PRESETS and not Path(name).exists():
@@ -181,7 +181,7 @@ def load_model(
 
 
 def _finish(loaded: LoadedModel, device: str, dtype: str, adapter) -> LoadedModel:
-    from ..indexing.embeddings import torch_dtype
+    from ..media import torch_dtype
 
     if dtype not in ("auto", None):
         loaded.model = loaded.model.to(torch_dtype(dtype))

@@ -1,5 +1,7 @@
 """Tiny, randomly initialised models for tests and benchmarks, built offline from small configs.
 
+Test scaffolding: it lives beside the tests, outside the runtime package.
+
 * :func:`train_tiny_tokenizer`: a byte-level BPE tokenizer in Qwen's format (special tokens, chat template).
 * :func:`build_tiny_model`: a tiny Qwen2 text model, Qwen2-VL, Qwen2.5-VL, LLaVA (CLIP vision tower) or
   Idefics3 (SmolVLM's architecture) saved as a loadable directory.

@@ -15,15 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .common import console, fail, quiet_libraries
+
 eval_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark rerankers on rerank-example JSONL files.")
-console = Console()
 
 _MODEL_FREE = ("random", "bm25")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @eval_app.command("rerank")
@@ -42,37 +38,35 @@ def rerank(
 ) -> None:
     """Rank each query's candidates with a reranker and report P@1, MRR, NDCG@k and Recall@k (per-query means)."""
     from ..schema import DatasetError, read_rerank_examples
-    from .baselines import RerankerUnavailable, make_reranker
-    from .rerank import evaluate_reranker, shuffle_candidates
+    from ..eval.baselines import RerankerUnavailable, make_reranker
+    from ..eval.rerank import evaluate_reranker, shuffle_candidates
 
     try:
         examples = read_rerank_examples(data, limit=limit)
     except DatasetError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not examples:
-        _fail(f"{data} holds no examples")
+        fail(f"{data} holds no examples")
     if shuffle:
         examples = shuffle_candidates(examples, seed=seed)
 
     kwargs: dict = {"seed": seed} if reranker == "random" else {}
     if device is not None:
         if reranker in _MODEL_FREE:
-            _fail(f"--device is not used by the {reranker} reranker")
+            fail(f"--device is not used by the {reranker} reranker")
         kwargs["device"] = device
     if query_batch is not None:
         if reranker not in ("stage2", "pipeline"):
-            _fail(f"--query-batch is used by the stage2 and pipeline rerankers, not {reranker}")
+            fail(f"--query-batch is used by the stage2 and pipeline rerankers, not {reranker}")
         kwargs["query_batch"] = query_batch
     if reranker not in _MODEL_FREE:
-        from ..cli import _quiet_libraries
-
-        _quiet_libraries()
+        quiet_libraries()
     try:
         ranker = make_reranker(reranker, model=model, **kwargs)
     except (RerankerUnavailable, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (RuntimeError, OSError) as exc:
-        _fail(f"cannot load the {reranker} reranker: {exc}", code=1)
+        fail(f"cannot load the {reranker} reranker: {exc}", code=1)
 
     result = evaluate_reranker(examples, ranker, k=k)
     print_result(result, title=f"Rerank {data.name}" + (" (candidates shuffled)" if shuffle else ""))

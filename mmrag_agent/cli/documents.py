@@ -1,41 +1,16 @@
-"""The ``mmrag`` command line: ``index``, ``search``, ``ask``, ``demo``, ``eval`` and ``train``."""
+"""``mmrag index``, ``search``, ``ask`` and ``demo``: index a folder, search it, and answer with explanations."""
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .eval.cli import eval_app
-from .finetune.cli import train_app
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Explainable multimodal RAG over your document folders.")
-console = Console()
-app.add_typer(eval_app, name="eval")
-app.add_typer(train_app, name="train")
-
-StoreOption = typer.Option(None, "--store", help="Embedded Qdrant directory (default: FOLDER/.mmrag, or ./.mmrag for search).")
-UrlOption = typer.Option(None, "--qdrant-url", help="Qdrant server URL, e.g. http://localhost:6333 (instead of --store).")
-CollectionOption = typer.Option("mmrag", "--collection", help="Collection-name prefix.")
-DeviceOption = typer.Option("cpu", "--device", help="Torch device for the models.")
+from .common import CollectionOption, DeviceOption, ModelOption, StoreOption, UrlOption, console, fail, quiet_libraries
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("httpx", "huggingface_hub", "sentence_transformers", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-@app.command()
 def index(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of documents to index (recursively)."),
     store: Optional[Path] = StoreOption,
@@ -50,8 +25,8 @@ def index(
     rebuild: bool = typer.Option(False, "--rebuild", help="Drop the existing index and re-embed everything."),
 ) -> None:
     """Index FOLDER incrementally: unchanged files are skipped, changed ones replaced, deleted ones removed."""
-    _quiet_libraries()
-    from .indexing import FolderIndexer
+    quiet_libraries()
+    from ..indexing import FolderIndexer
 
     indexer = FolderIndexer(folder, store=store, qdrant_url=qdrant_url, collection=collection, text_model=text_model,
                             image_model=image_model, device=device, ocr=ocr, max_image_pixels=max_image_pixels, chunk_size=chunk_size,
@@ -80,7 +55,6 @@ def print_report(report, where: str) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
-@app.command()
 def search(
     query: str = typer.Argument(..., help="What to look for."),
     store: Optional[Path] = StoreOption,
@@ -90,20 +64,19 @@ def search(
     device: str = DeviceOption,
 ) -> None:
     """Print the top text and image hits for QUERY with their scores."""
-    _quiet_libraries()
+    quiet_libraries()
     print_hits(query, open_index(store, qdrant_url, collection, device), k)
 
 
 def open_index(store: Optional[Path], qdrant_url: Optional[str], collection: str, device: str):
     """The index in ``store``, the Qdrant server at ``qdrant_url``, or by default ``./.mmrag``."""
-    from .indexing import load_index
-    from .indexing.store import StoreError
+    from ..indexing import load_index
+    from ..indexing.store import StoreError
 
     try:
         return load_index(store=store or (None if qdrant_url else Path(".mmrag")), qdrant_url=qdrant_url, collection=collection, device=device)
     except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
 def print_hits(query: str, index_, k: int) -> None:
@@ -124,23 +97,19 @@ def print_hits(query: str, index_, k: int) -> None:
         console.print(table)
 
 
-ModelOption = typer.Option("smollm2", "--model", help="Model of both stages: hub id, directory, .gguf, adapter dir or 'smollm2'.")
-
 
 def make_engine(index_, model: str, stage1_model: Optional[str], stage2_model: Optional[str], device: str, keep: int,
                 k_text: int, k_image: int, max_new_tokens: int):
-    from .engine import MMRAGQueryEngine
-    from .models import ModelLoadError
+    from ..engine import MMRAGQueryEngine
+    from ..models import ModelLoadError
 
     try:
         return MMRAGQueryEngine.from_defaults(index_, model=model, stage1_model=stage1_model, stage2_model=stage2_model, device=device,
                                               keep=keep, k_text=k_text, k_image=k_image, max_new_tokens=max_new_tokens)
     except ModelLoadError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
-@app.command()
 def ask(
     question: str = typer.Argument(..., help="The question."),
     store: Optional[Path] = StoreOption,
@@ -157,7 +126,7 @@ def ask(
     device: str = DeviceOption,
 ) -> None:
     """Answer QUESTION from the index: the answer, its cited sources and the model's reasoning."""
-    _quiet_libraries()
+    quiet_libraries()
     engine = make_engine(open_index(store, qdrant_url, collection, device), model, stage1_model, stage2_model, device, keep, k_text, k_image, max_new_tokens)
     explained = engine.explain(question)
     print_explained(explained)
@@ -166,7 +135,7 @@ def ask(
 
 
 def write_html(explained, path: Path) -> Path:
-    from .explain_html import write_explanation_html
+    from ..explain_html import write_explanation_html
 
     return write_explanation_html(explained, path)
 
@@ -200,7 +169,6 @@ DEMO_QUESTIONS = (
 )
 
 
-@app.command()
 def demo(
     folder: Path = typer.Option(None, "--folder", help="Folder to index (default: the bundled examples/docs)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Where to put the index (default: a temporary folder)."),
@@ -210,12 +178,12 @@ def demo(
     max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1, help="Stage-2 generation budget."),
 ) -> None:
     """Offline demo: index the bundled folder, then answer questions with explanations and write an HTML page."""
-    _quiet_libraries()
+    quiet_libraries()
     import tempfile
 
-    from .indexing import FolderIndexer
+    from ..indexing import FolderIndexer
 
-    folder = folder or Path(__file__).resolve().parent.parent / "examples" / "docs"
+    folder = folder or Path(__file__).resolve().parents[2] / "examples" / "docs"
     if not folder.is_dir():
         raise typer.BadParameter(f"{folder} not found; pass --folder with a folder of documents")
     store = store or Path(tempfile.mkdtemp(prefix="mmrag-demo-"))
@@ -237,10 +205,3 @@ def demo(
         if number == 0:
             console.print(f"explanation page: {write_html(explained, html)}")
 
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

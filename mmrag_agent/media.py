@@ -1,4 +1,5 @@
-"""Safe image loading: size limits before decoding, full decode check, EXIF orientation."""
+"""Media helpers shared by every layer: safe image loading (size limits before decoding, full decode check, EXIF
+orientation) and torch dtype names."""
 
 from __future__ import annotations
 
@@ -106,3 +107,16 @@ def image_to_png_bytes(image: Image.Image) -> io.BytesIO:
     image.save(buffer, format="PNG")
     buffer.seek(0)
     return buffer
+
+
+def torch_dtype(name):
+    """Map ``"float32" | "float16" | "bfloat16"`` (or a torch dtype) to a torch dtype."""
+    import torch
+
+    if not isinstance(name, str):
+        return name
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None

@@ -19,18 +19,16 @@ Only typer and rich are imported at module level (``mmrag --help`` stays fast an
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from .common import console, fail, quiet_libraries
 
 train_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Train the stage-1 (relevance) and stage-2 (rank + answer) models with GRPO (TRL), LoRA or full.")
-console = Console()
 
 DataOption = typer.Option(None, "--data", help="Training rerank examples (JSONL, one query a line).")
 OutputOption = typer.Option(None, "--output", "-o", help="Output directory (model, model_card.json, curves, checkpoints).")
@@ -45,24 +43,6 @@ CpuOption = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU 
 SetOption = typer.Option([], "--set", help="Any config field, KEY=VALUE (repeatable), e.g. --set beta=0.0 --set num_generations=4.")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _quiet() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mmrag_agent.finetune").setLevel(logging.INFO)
-    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    import datasets
-
-    datasets.disable_progress_bars()
 
 
 def build_config(stage: int, config: Optional[Path] = None, sets: Optional[List[str]] = None, **options):
@@ -72,7 +52,7 @@ def build_config(stage: int, config: Optional[Path] = None, sets: Optional[List[
         >>> build_config(1, sets=["beta=0.0"], data="train.jsonl", output_dir="runs/s1", max_steps=10).beta
         0.0
     """
-    from .config import Stage1Config, Stage2Config, parse_overrides
+    from ..finetune.config import Stage1Config, Stage2Config, parse_overrides
 
     cls = Stage1Config if stage == 1 else Stage2Config
     overrides = parse_overrides(cls, list(sets or []), where="--set")
@@ -81,14 +61,17 @@ def build_config(stage: int, config: Optional[Path] = None, sets: Optional[List[
 
 
 def _train(stage: int, config_file, sets, **options) -> None:
-    _quiet()
+    quiet_libraries("mmrag_agent.finetune")
+    import datasets
+
+    datasets.disable_progress_bars()
     try:
         config = build_config(stage, config_file, sets, **options)
     except (ValueError, TypeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not config.data:
-        _fail("--data is required (or `data:` in --config)")
-    from .train import train_stage1, train_stage2
+        fail("--data is required (or `data:` in --config)")
+    from ..finetune.train import train_stage1, train_stage2
 
     console.print(f"stage {stage}: {config.data} -> {config.output_dir} "
                   f"({'LoRA r=%d' % config.lora_r if config.use_lora else 'full fine-tuning'}, lr {config.learning_rate:g}, "
@@ -96,7 +79,7 @@ def _train(stage: int, config_file, sets, **options) -> None:
     try:
         result = (train_stage1 if stage == 1 else train_stage2)(config)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     print_summary(result.model_card, result.output_dir)
 
 
@@ -181,7 +164,7 @@ def defaults(stage: int = typer.Argument(..., min=1, max=2, help="1 or 2.")) -> 
     """Print the stage fields with their defaults and help as YAML (edit it and pass it with --config)."""
     from dataclasses import fields
 
-    from .config import Stage1Config, Stage2Config, stage_fields
+    from ..finetune.config import Stage1Config, Stage2Config, stage_fields
 
     cls = Stage1Config if stage == 1 else Stage2Config
     names = set(stage_fields(cls)) | {"num_generations", "temperature", "per_device_train_batch_size", "max_steps", "save_steps",
@@ -201,5 +184,5 @@ def _str(path) -> Optional[str]:
     return None if path is None else str(path)
 
 
-if __name__ == "__main__":  # `accelerate launch -m mmrag_agent.finetune.cli stage1 ...` (docs/scale_out.md)
+if __name__ == "__main__":  # `accelerate launch -m mmrag_agent.cli.train stage1 ...` (docs/scale_out.md)
     train_app()

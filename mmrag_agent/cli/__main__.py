@@ -1,0 +1,5 @@
+"""``python -m mmrag_agent.cli``: the same as the ``mmrag`` command."""
+
+from . import main
+
+main()
