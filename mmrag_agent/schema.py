@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["Candidate", "DatasetError", "RerankExample", "read_rerank_examples"]
+__all__ = ["Candidate", "DatasetError", "RerankExample", "read_rerank_examples", "resolve_image_path"]
 
 
 class Candidate(BaseModel):
@@ -251,3 +251,32 @@ def read_rerank_examples(path: str | Path, limit: int | None = None) -> list[Rer
         if limit is not None and len(examples) >= limit:
             break
     return examples
+
+
+def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bool = False) -> Path:
+    """An example's ``image_path`` resolved against the folder of its JSONL file; it must exist and stay inside.
+
+    Args:
+        image_path: The candidate's ``image_path`` as written (relative to the data file, or absolute).
+        data_file: The JSONL file the candidate was read from.
+        allow_outside: Accept a path that leaves the data file's folder (``../``, absolute elsewhere, a link).
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        DatasetError: The image leaves the folder (without ``allow_outside``) or does not exist.
+
+    Example:
+        >>> resolve_image_path("img/a.jpg", "data/dev.jsonl")
+        PosixPath('/abs/data/img/a.jpg')
+    """
+    folder = Path(data_file).resolve().parent
+    path = (folder / image_path).resolve()
+    if not allow_outside and not path.is_relative_to(folder):
+        raise DatasetError(data_file, None, "image_path", f"{image_path!r} points outside {folder}",
+                           "keep images inside the data file's folder, or allow paths outside it explicitly")
+    if not path.is_file():
+        raise DatasetError(data_file, None, "image_path", f"image file {path} does not exist",
+                           "fix image_path (relative to the data file's folder) or use the model without images")
+    return path
