@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 __all__ = [
     "ANSWER_CLOSE", "ANSWER_OPEN", "NO", "RANK_CLOSE", "RANK_OPEN", "STAGE1_PREFIX", "STAGE1_REASONING_PREFIX",
     "STAGE2_PREFIX", "THINK_CLOSE", "THINK_OPEN", "YES", "Citation", "Stage1Output", "Stage2Output", "candidate_marker",
-    "completion_text", "find_citations", "parse_stage1_output", "parse_stage2_output", "stage1_target", "stage2_format_ok",
-    "stage2_target", "strip_citations",
+    "completion_text", "find_citations", "parse_stage1_output", "parse_stage2_output", "stage1_completion",
+    "stage2_completion", "stage2_format_ok", "strip_citations",
 ]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -211,13 +211,13 @@ def parse_stage1_output(text: Any, reasoning: bool | None = None) -> Stage1Outpu
     return Stage1Output(word, thought, True)
 
 
-def stage1_target(label: str, reasoning: bool = False, prefix: str = "") -> str:
+def stage1_completion(label: str, reasoning: bool = False, prefix: str = "") -> str:
     """The gold-formatted stage-1 completion after ``prefix`` (what the SFT warm start teaches).
 
     Example:
-        >>> stage1_target("no")
+        >>> stage1_completion("no")
         '<answer>no</answer>'
-        >>> stage1_target("yes", prefix=STAGE1_PREFIX)
+        >>> stage1_completion("yes", prefix=STAGE1_PREFIX)
         'yes</answer>'
     """
     answer = f"{ANSWER_OPEN}{label}{ANSWER_CLOSE}"
@@ -227,14 +227,14 @@ def stage1_target(label: str, reasoning: bool = False, prefix: str = "") -> str:
     return _after_prefix(answer, prefix)
 
 
-def stage2_target(gold_positions: Sequence[int], answer: str | None, prefix: str = "") -> str:
+def stage2_completion(gold_positions: Sequence[int], answer: str | None, prefix: str = "") -> str:
     """The gold-formatted stage-2 completion after ``prefix``: template reasoning, gold ids ranked, answer cited.
 
     The reasoning is a fixed template (not gold reasoning): the warm start teaches the format; GRPO shapes the
     reasoning.
 
     Example:
-        >>> stage2_target([3, 1], "green")
+        >>> stage2_completion([3, 1], "green")
         '<think>Candidates [3], [1] are relevant to the question; the others are not.</think><rank>[3] > [1]</rank><answer>green [3]</answer>'
     """
     marks = [candidate_marker(i) for i in gold_positions]

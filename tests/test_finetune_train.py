@@ -16,11 +16,18 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from mmrag_agent.finetune import Stage1Config, Stage2Config, parse_overrides, read_model_card, train_stage1, train_stage2
+from mmrag_agent.finetune import Stage1Config, Stage2Config, parse_overrides, train_stage1, train_stage2
+from mmrag_agent.model_card import read_model_card as _read_card
 from mmrag_agent.cli.train import train_app
 from mmrag_agent.finetune.rewards import completion_text
 from mmrag_agent.models import load_model
 from mmrag_agent.postprocessors.stage1 import Stage1RelevanceFilter
+
+
+def read_model_card(out) -> dict:
+    """The card as one flat dict: the serving fields and the training record."""
+    card = _read_card(out)
+    return {**card.training, **{k: v for k, v in card.to_dict().items() if k != "training"}}
 
 
 def length_reward(completions, **kwargs):
@@ -74,7 +81,7 @@ def assert_reward_logged(log_history, format_key):
 
 
 def filter_scores(output_dir):
-    stage1 = Stage1RelevanceFilter(model=str(output_dir), top_n=2)
+    stage1 = Stage1RelevanceFilter(str(output_dir), top_n=2)
     nodes = [NodeWithScore(node=TextNode(text="Barcelona hosted the 1992 Summer Olympics."), score=0.9),
              NodeWithScore(node=TextNode(text="An unrelated passage."), score=0.5),
              NodeWithScore(node=TextNode(text="Olympic host cities are chosen years ahead."), score=0.4)]
@@ -260,7 +267,7 @@ def test_sft_targets_earn_the_full_rewards(data_file):
         stage1_records, stage1_total_reward, stage2_answer_reward, stage2_format_reward, stage2_rank_reward, stage2_records,
     )
     from mmrag_agent.finetune.sft import stage1_target, stage2_target
-    from mmrag_agent.postprocessors.stage2_output import parse_stage2_output
+    from mmrag_agent.format import parse_stage2_output
     from mmrag_agent.schema import read_rerank_examples
 
     examples = read_rerank_examples(data_file)

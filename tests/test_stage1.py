@@ -68,7 +68,7 @@ def tiny_vlm(tiny_qwen2_vl_dir):
 
 
 def test_scores_are_probabilities_with_evidence_and_order(tiny_vlm, tmp_path):
-    stage1 = Stage1RelevanceFilter(loaded=tiny_vlm, top_n=3, batch_size=2)
+    stage1 = Stage1RelevanceFilter(tiny_vlm, top_n=3, batch_size=2)
     nodes = retrieved(tmp_path)
     kept = stage1.postprocess_nodes(nodes, query_str=QUERY)
     assert len(kept) == 3
@@ -80,9 +80,9 @@ def test_scores_are_probabilities_with_evidence_and_order(tiny_vlm, tmp_path):
         assert meta["retrieval_score"] in {0.8, 0.3, 0.5, 0.4}
         assert "relevance_probability" in item.node.excluded_llm_metadata_keys
     assert "relevance_probability" not in nodes[0].node.metadata  # the retriever's nodes are not mutated
-    everything = Stage1RelevanceFilter(loaded=tiny_vlm, top_n=None).postprocess_nodes(nodes, query_str=QUERY)
+    everything = Stage1RelevanceFilter(tiny_vlm, top_n=None).postprocess_nodes(nodes, query_str=QUERY)
     threshold = sorted(n.score for n in everything)[1]
-    above = Stage1RelevanceFilter(loaded=tiny_vlm, top_n=None, threshold=threshold).postprocess_nodes(nodes, query_str=QUERY)
+    above = Stage1RelevanceFilter(tiny_vlm, top_n=None, threshold=threshold).postprocess_nodes(nodes, query_str=QUERY)
     assert len(above) == 3 and min(n.score for n in above) >= threshold
 
 
@@ -90,7 +90,7 @@ def test_rerank_events_and_callbacks_are_emitted(tiny_vlm, tmp_path):
     handler = _Events()
     get_dispatcher().add_event_handler(handler)
     callbacks = _Callbacks()
-    stage1 = Stage1RelevanceFilter(loaded=tiny_vlm, top_n=2, callback_manager=CallbackManager([callbacks]))
+    stage1 = Stage1RelevanceFilter(tiny_vlm, top_n=2, callback_manager=CallbackManager([callbacks]))
     kept = stage1.postprocess_nodes(retrieved(tmp_path), query_str=QUERY)
     start = [e for e in handler.events if isinstance(e, ReRankStartEvent)]
     end = [e for e in handler.events if isinstance(e, ReRankEndEvent)]
@@ -100,14 +100,14 @@ def test_rerank_events_and_callbacks_are_emitted(tiny_vlm, tmp_path):
 
 
 def test_async_matches_sync(tiny_vlm, tmp_path):
-    stage1 = Stage1RelevanceFilter(loaded=tiny_vlm, top_n=4)
+    stage1 = Stage1RelevanceFilter(tiny_vlm, top_n=4)
     sync = stage1.postprocess_nodes(retrieved(tmp_path), query_bundle=QueryBundle(QUERY))
     async_ = asyncio.run(stage1.apostprocess_nodes(retrieved(tmp_path), query_bundle=QueryBundle(QUERY)))
     assert [n.score for n in async_] == pytest.approx([n.score for n in sync], abs=1e-6)
 
 
 def test_reasoning_mode_returns_the_reasoning(tiny_qwen2_dir, tmp_path):
-    stage1 = Stage1RelevanceFilter(model=str(tiny_qwen2_dir), top_n=2, reasoning=True, max_new_tokens=6)
+    stage1 = Stage1RelevanceFilter(str(tiny_qwen2_dir), top_n=2, reasoning=True, max_new_tokens=6)
     kept = stage1.postprocess_nodes(retrieved(tmp_path), query_str=QUERY)
     assert all(isinstance(n.node.metadata["relevance_reasoning"], str) for n in kept)
     assert all(0 < n.score < 1 for n in kept)
@@ -117,7 +117,7 @@ def test_one_line_in_a_plain_text_vector_index_app(tiny_qwen2_dir):
     nodes = [TextNode(text=t) for t in ("Barcelona hosted the 1992 Summer Olympics.", "The cat sat on the mat.", "Paris is in France.")]
     index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
     engine = index.as_query_engine(llm=MockLLM(max_tokens=4), similarity_top_k=3,
-                                   node_postprocessors=[Stage1RelevanceFilter(model=str(tiny_qwen2_dir), top_n=2)])
+                                   node_postprocessors=[Stage1RelevanceFilter(str(tiny_qwen2_dir), top_n=2)])
     response = engine.query(QUERY)
     assert len(response.source_nodes) == 2
     assert all("relevance_probability" in n.node.metadata for n in response.source_nodes)
@@ -133,7 +133,7 @@ def test_one_line_in_a_multimodal_index_app(tiny_vlm, tmp_path, mock_text_model)
     (folder / "stadium.png.txt").write_text("The Olympic stadium in Barcelona")
     index = build_index(folder, store=tmp_path / "store", text_model=mock_text_model, image_model="text", ocr="off", show_progress=False)
     engine = index.as_query_engine(llm=MockLLM(max_tokens=4), similarity_top_k=1, image_similarity_top_k=1,
-                                   node_postprocessors=[Stage1RelevanceFilter(loaded=tiny_vlm, top_n=2)])
+                                   node_postprocessors=[Stage1RelevanceFilter(tiny_vlm, top_n=2)])
     response = engine.query(QUERY)
     kinds = {type(n.node).__name__ for n in response.source_nodes}
     assert kinds == {"TextNode", "ImageNode"}

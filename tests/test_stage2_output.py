@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from mmrag_agent.postprocessors.stage2_output import Stage2Output, format_reward_ok, parse_stage2_output
+from mmrag_agent.format import Stage2Output, parse_stage2_output
+from mmrag_agent.format import stage2_format_ok as format_reward_ok
 
 GOOD = "<think>[3] shows the logo.</think><rank>[3] > [1]</rank><answer>Green [3].</answer>"
 

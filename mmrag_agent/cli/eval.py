@@ -59,6 +59,8 @@ def rerank(
         if reranker not in ("stage2", "pipeline"):
             fail(f"--query-batch is used by the stage2 and pipeline rerankers, not {reranker}")
         kwargs["query_batch"] = query_batch
+    if reranker in ("stage1", "stage2", "pipeline"):
+        kwargs["data_file"] = data  # image paths in the file resolve against its folder
     if reranker not in _MODEL_FREE:
         quiet_libraries()
     try:

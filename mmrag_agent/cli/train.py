@@ -87,19 +87,20 @@ def print_summary(card: dict, output_dir) -> None:
     """Print the held-out history and the final training metrics of a run."""
     if not card:
         return
-    table = Table(title=f"stage {card['stage']} held-out ({card['data']['held_out_queries']} questions)")
+    run = card["training"]
+    table = Table(title=f"stage {card['stage']} held-out ({run['data']['held_out_queries']} questions)")
     metrics = [m for m in ("p@1", "mrr", "ndcg@5", "recall@5", "set_f1", "answer_f1", "format_rate")
-               if any(m in h for h in card.get("held_out_history", []))]
+               if any(m in h for h in run.get("held_out_history", []))]
     for column in ("step", "phase", *metrics):
         table.add_column(column, justify="right")
-    for h in card.get("held_out_history", []):
+    for h in run.get("held_out_history", []):
         table.add_row(str(h["step"]), h["phase"], *(f"{h[m]:.4f}" if isinstance(h.get(m), (int, float)) else "-" for m in metrics))
     if table.rows:
         console.print(table)
-    train = card["final_metrics"]["train"]
-    warm = card["sft_warm_start"]
+    train = run["final_metrics"]["train"]
+    warm = run["sft_warm_start"]
     probe = warm.get("probe", {}).get("format_rate")
-    console.print(f"steps {card['steps']}; last-{train['over_last_steps']}-step means: reward {_fmt(train['reward'])}, "
+    console.print(f"steps {run['steps']}; last-{train['over_last_steps']}-step means: reward {_fmt(train['reward'])}, "
                   f"format rate {_fmt(train['format_rate'])}, frac_reward_zero_std {_fmt(train['frac_reward_zero_std'])}, "
                   f"{_fmt(train['step_time'])} s/step")
     console.print(f"SFT warm start: {'ran' if warm.get('ran') else 'skipped'} ({warm.get('mode')}"

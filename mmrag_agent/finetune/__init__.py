@@ -19,7 +19,7 @@ Scale-out (details and commands in ``docs/scale_out.md``):
   answers stage 1 through ``logprobs`` of the ``yes`` / ``no`` token after the pre-filled ``<answer>`` and stage 2
   through ordinary chat completions parsed with ``parse_stage2_output``.
 
-Names from :mod:`.config`, :mod:`.train` and :mod:`.model_card` are imported on first use (they import TRL).
+Names from :mod:`.config` and :mod:`.train` are imported on first use (they import TRL).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import importlib
 
 from ..prompts import stage2_messages
 from .builders import build_mmqa, build_webqa
-from .datasets import split_by_question, stage1_dataset, stage1_records, stage2_dataset, stage2_records, to_dataset
+from .datasets import split_by_question, stage1_records, stage2_records, to_dataset
 from .rewards import (
     completion_text, stage1_accuracy_reward, stage1_format_reward, stage1_total_reward, stage2_answer_reward,
     stage2_format_reward, stage2_rank_reward, stage2_total_reward,
@@ -37,19 +37,17 @@ from .rewards import (
 _LAZY = {
     "config": ("Stage1Config", "Stage2Config", "StageConfig", "parse_overrides"),
     "train": ("TrainResult", "stage1_rewards", "stage2_rewards", "train_stage1", "train_stage2"),
-    "model_card": ("read_model_card",),
     "evaluation": ("evaluate_stage1", "evaluate_stage2"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
     "Stage1Config", "Stage2Config", "StageConfig", "TrainResult", "build_mmqa", "build_webqa", "completion_text",
-    "evaluate_stage1", "evaluate_stage2", "parse_overrides", "read_model_card", "split_by_question", "stage1_accuracy_reward",
-    "stage1_dataset", "stage1_format_reward", "stage1_records", "stage1_rewards", "stage1_total_reward", "stage2_answer_reward",
-    "stage2_dataset", "stage2_format_reward", "stage2_messages", "stage2_rank_reward", "stage2_records", "stage2_rewards",
+    "evaluate_stage1", "evaluate_stage2", "parse_overrides", "split_by_question", "stage1_accuracy_reward",
+    "stage1_format_reward", "stage1_records", "stage1_rewards", "stage1_total_reward", "stage2_answer_reward",
+    "stage2_format_reward", "stage2_messages", "stage2_rank_reward", "stage2_records", "stage2_rewards",
     "stage2_total_reward", "to_dataset", "train_stage1", "train_stage2",
 ]
-assert set(_WHERE) <= set(__all__)
 
 
 def __getattr__(name):

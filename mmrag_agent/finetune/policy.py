@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from ..models.loading import LoadedModel, load_model
 from .config import VISION_MODULES_REGEX, Stage2Config, StageConfig
-from .model_card import read_model_card
+from ..model_card import read_model_card
 
 __all__ = ["SaveOriginalProcessor", "StartModel", "adapter_base", "as_loaded", "load_start_model", "lora_config",
            "save_warm_start", "stage2_start", "training_processor"]
@@ -55,7 +55,7 @@ def stage2_start(config: Stage2Config) -> str:
     card = read_model_card(config.stage1_output) if config.stage1_output else None
     if config.init_from == "stage1" and config.stage1_output:
         return config.stage1_output
-    base = config.model or (card or {}).get("base_model") or (adapter_base(config.stage1_output) if config.stage1_output else None)
+    base = config.model or (card.base_model if card else None) or (adapter_base(config.stage1_output) if config.stage1_output else None)
     if not base:
         raise ValueError("stage 2 needs a starting model: stage1_output (the stage-1 output directory) or model")
     return base
@@ -200,4 +200,4 @@ def _main_process_first():
 
 def _base_of(start: str) -> str:
     card = read_model_card(start) if Path(start).is_dir() else None
-    return (card or {}).get("base_model") or str(start)
+    return (card.base_model if card else None) or str(start)

@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..model_card import ModelCard, write_model_card
 from ..models.loading import LoadedModel
 from ..schema import read_rerank_examples
 from .callbacks import HeldOutEvalCallback, ProgressBarCallback, format_rate_key, plot_curves
 from .config import Stage1Config, Stage2Config, StageConfig
 from .datasets import split_by_question, stage1_records, stage2_records, to_dataset
 from .evaluation import evaluate_stage1, evaluate_stage2
-from .model_card import write_model_card
 from .policy import (
     SaveOriginalProcessor, StartModel, as_loaded, load_start_model, lora_config, save_warm_start, stage2_start,
     training_processor,
@@ -120,13 +120,14 @@ def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None =
     # 3. Held-out evaluation: stage-1 P(relevant) ranking of each held-out query's candidates (P@1, MRR, ...)
     eval_file = config.eval_data or config.data
 
+    card = serving_card(config, start)
+
     @_timed
     def evaluate(model) -> dict:
-        return evaluate_stage1(as_loaded(model, start.loaded), held_out, config.eval_batch_size, eval_file, with_images,
-                               config.max_text_tokens)
+        return evaluate_stage1(as_loaded(model, start.loaded), held_out, card, config.eval_batch_size, eval_file, with_images)
 
     # 4. Format probe and SFT warm start on gold-formatted targets, then GRPO
-    targets = [stage1_target(r, config.reasoning) for r in records]
+    targets = [stage1_target(r, config.reasoning, config.assistant_prefix) for r in records]
     return _run(config, out, resume, start, dataset, records, targets, funcs, weights, format_reward, evaluate, held_out,
                 data_info, list(callbacks))
 
@@ -162,14 +163,14 @@ def train_stage2(config: Stage2Config, reward_funcs: Sequence[Callable] | None =
     # 3. Held-out evaluation: greedy completions parsed; rank metrics of the model's ranking, answer F1
     eval_file = config.eval_data or config.data
 
+    card = serving_card(config, start)
+
     @_timed
     def evaluate(model) -> dict:
-        return evaluate_stage2(as_loaded(model, start.loaded), held_out, config.k, config.split_seed, with_images, eval_file,
-                               config.max_text_tokens, config.max_completion_length, config.assistant_prefix,
-                               config.eval_batch_size)
+        return evaluate_stage2(as_loaded(model, start.loaded), held_out, card, config.split_seed, eval_file, config.eval_batch_size)
 
     # 4. Format probe and SFT warm start, then GRPO
-    targets = [stage2_target(r) for r in records]
+    targets = [stage2_target(r, config.assistant_prefix) for r in records]
     return _run(config, out, resume, start, dataset, records, targets, funcs, weights, format_reward, evaluate, held_out,
                 data_info, list(callbacks))
 
@@ -288,17 +289,24 @@ def _finish(config, out: Path, trainer, start: StartModel, funcs, warm, history,
     if config.curves:
         plot_curves(logs, history, out / "training_curves.png", title=f"stage {config.stage} GRPO: {Path(config.output_dir).name}")
     weights = list(trainer.args.reward_weights or [1.0] * len(funcs))
-    card = {
-        "stage": config.stage, "kind": start.kind, "base_model": start.base_model, "init_from": start.init_from,
-        "data": {**data_info, "train_records": n_records},
+    card = serving_card(config, start)
+    card.metrics = _strip(history[-1]) if history else {}
+    card.training = {
+        "init_from": start.init_from, "data": {**data_info, "train_records": n_records},
         "rewards": [{"name": get_callable_name(f), "weight": w} for f, w in zip(funcs, weights)],
-        "steps": trainer.state.global_step, "assistant_prefix": config.assistant_prefix,
-        "reasoning": getattr(config, "reasoning", True), "sft_warm_start": warm,
-        "final_metrics": {"train": _train_summary(logs), "held_out": _strip(history[-1]) if history else None},
+        "steps": trainer.state.global_step, "sft_warm_start": warm,
+        "final_metrics": {"train": _train_summary(logs), "held_out": card.metrics or None},
         "held_out_history": history, "config": config.stage_summary(),
     }
     write_model_card(out, card)
-    return card
+    return card.to_dict()
+
+
+def serving_card(config: StageConfig, start: StartModel) -> ModelCard:
+    """The model card of this run: the prompt settings serving must reproduce (written with the model)."""
+    return ModelCard(stage=config.stage, assistant_prefix=config.assistant_prefix, reasoning=bool(getattr(config, "reasoning", False)),
+                     max_text_tokens=config.max_text_tokens, candidates_per_prompt=getattr(config, "k", None),
+                     max_new_tokens=config.max_completion_length, base_model=start.base_model, kind=start.kind)
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
