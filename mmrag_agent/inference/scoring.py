@@ -29,6 +29,19 @@ def descending_order(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(keyed)), key=keyed.__getitem__)
 
 
+def select_top(scores: Sequence[float], top_n: int | None = None, threshold: float | None = None) -> tuple[list[int], set[int]]:
+    """The ranking of ``scores`` (:func:`descending_order`) and the indices kept: the ``top_n`` best among those
+    with a score >= ``threshold``. A NaN score ranks last and never passes a threshold.
+
+    Example:
+        >>> select_top([0.2, float("nan"), 0.9, 0.5], top_n=2)
+        ([2, 3, 0, 1], {2, 3})
+    """
+    order = descending_order(scores)
+    passing = [i for i in order if threshold is None or (scores[i] == scores[i] and scores[i] >= threshold)]
+    return order, set(passing[:top_n] if top_n is not None else passing)
+
+
 class AnswerTokenError(ValueError):
     """The model's tokenizer does not encode the answer words as single tokens after the answer tag."""
 

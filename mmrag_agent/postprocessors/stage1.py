@@ -10,7 +10,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore
 
-from ..inference import YesNoScorer, descending_order
+from ..inference import YesNoScorer, select_top
 from ..models.loading import LoadedModel
 from .base import ModelReranker, annotated_copy, node_view, resolve_model
 
@@ -97,9 +97,7 @@ class Stage1RelevanceFilter(ModelReranker):
         if nan:
             logger.warning("stage 1: P(relevant) is NaN for %d of %d candidates (the model's logits overflowed; try dtype="
                            "'float32'); they are ranked last", nan, len(probabilities))
-        order = descending_order(probabilities)
-        passing = [i for i in order if not math.isnan(probabilities[i]) and (self.threshold is None or probabilities[i] >= self.threshold)]
-        kept = set(passing[: self.top_n] if self.top_n is not None else passing)
+        order, kept = select_top(probabilities, self.top_n, self.threshold)
         out = []
         for i in order:
             if i not in kept and not self.return_dropped:
