@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..inference import Stage2Model, YesNoScorer, descending_order
+from ..inference import Stage2Model, descending_order
 from ..models.loading import LoadedModel, load_model
 from ..prompts import candidate_view
 from .baselines import Reranker, register_reranker
+from .stage1 import Stage1Reranker
 
 
 @dataclass
@@ -38,21 +39,30 @@ class Stage2Reranker(Reranker):
         max_new_tokens: Stage-2 generation budget (None: the model card's).
         batch_size: Stage-1 candidates per forward pass.
         query_batch: Queries whose stage-2 generations run as one batch (:meth:`judge_many`).
+        first_stage: Pipeline: the retriever stage 1 is fused with (``none``, ``bm25``, ``embedding``; None: the card's).
+        fusion_weight: Pipeline: the weight of P(relevant) (None: the card's, else the zero-shot default).
     """
 
     def __init__(self, model: str | LoadedModel | None = None, pipeline: bool = False, keep: int | None = None,
                  data_file: str | Path | None = None, device: str = "cpu", dtype: str = "auto", max_new_tokens: int | None = None,
-                 batch_size: int = 16, query_batch: int = 8) -> None:
+                 batch_size: int = 16, query_batch: int = 8, first_stage: str | None = None,
+                 fusion_weight: float | None = None) -> None:
         if query_batch < 1:
             raise ValueError(f"query_batch must be >= 1, got {query_batch}")
         loaded = model if isinstance(model, LoadedModel) else load_model(model or "smollm2", device=device, dtype=dtype)
         self.name = "pipeline" if pipeline else "stage2"
         self.model = loaded.name
         self.data_file = data_file
-        self.stage1 = YesNoScorer(loaded, batch_size=batch_size) if pipeline else None
+        self.stage1 = Stage1Reranker(loaded, data_file=data_file, device=device, batch_size=batch_size, first_stage=first_stage,
+                                     fusion_weight=fusion_weight) if pipeline else None
         self.stage2 = Stage2Model(loaded, max_new_tokens=max_new_tokens)
         self.keep = keep or self.stage2.card.candidates_per_prompt or 5
         self.query_batch = query_batch
+
+    @property
+    def fusion(self) -> dict | None:
+        """Pipeline: what stage 1 fuses (``{"first_stage", "weight"}``); None otherwise."""
+        return self.stage1.fusion if self.stage1 is not None else None
 
     def judge(self, example) -> Judgement:
         return self.judge_many([example])[0]
@@ -74,10 +84,8 @@ class Stage2Reranker(Reranker):
 
     def _stage1_order(self, example) -> list:
         candidates = list(example.candidates)
-        if self.stage1 is not None:
-            views = [candidate_view(c, self.data_file, with_image=self.stage1.use_images) for c in candidates]
-            scores = self.stage1.score(example.query, views)
-            candidates = [candidates[i] for i in descending_order(scores)]
+        if self.stage1 is not None:  # the fused stage 1, as the filter ranks in use
+            candidates = [candidates[i] for i in descending_order(self.stage1.score(example.query, candidates))]
         return candidates
 
     def score(self, query: str, candidates: Sequence[Any]) -> list[float]:

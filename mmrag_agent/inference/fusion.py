@@ -68,7 +68,7 @@ def fuse(probabilities: Sequence[float], retrieval_scores: Sequence[Optional[flo
         ValueError: ``weight`` is outside [0, 1] or the lengths differ.
 
     Example:
-        >>> fuse([0.9, 0.1], [0.2, 0.8], weight=0.3)
+        >>> [round(s, 2) for s in fuse([0.9, 0.1], [0.2, 0.8], weight=0.3)]
         [0.27, 0.73]
     """
     if not 0.0 <= weight <= 1.0:
@@ -82,7 +82,7 @@ def fuse(probabilities: Sequence[float], retrieval_scores: Sequence[Optional[flo
         if r is None:
             out.append(p)
         else:
-            out.append(round(p_weight * p + (1.0 - weight) * r, 12))
+            out.append(p_weight * p + (1.0 - weight) * r)
     return out
 
 

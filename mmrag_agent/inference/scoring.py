@@ -29,16 +29,19 @@ def descending_order(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(keyed)), key=keyed.__getitem__)
 
 
-def select_top(scores: Sequence[float], top_n: int | None = None, threshold: float | None = None) -> tuple[list[int], set[int]]:
+def select_top(scores: Sequence[float], top_n: int | None = None, threshold: float | None = None,
+               threshold_on: Sequence[float] | None = None) -> tuple[list[int], set[int]]:
     """The ranking of ``scores`` (:func:`descending_order`) and the indices kept: the ``top_n`` best among those
-    with a score >= ``threshold``. A NaN score ranks last and never passes a threshold.
+    whose ``threshold_on`` value (default: the score itself) is >= ``threshold``. NaN ranks last and never passes
+    a threshold.
 
     Example:
         >>> select_top([0.2, float("nan"), 0.9, 0.5], top_n=2)
         ([2, 3, 0, 1], {2, 3})
     """
     order = descending_order(scores)
-    passing = [i for i in order if threshold is None or (scores[i] == scores[i] and scores[i] >= threshold)]
+    values = scores if threshold_on is None else threshold_on
+    passing = [i for i in order if threshold is None or values[i] >= threshold]  # False for NaN
     return order, set(passing[:top_n] if top_n is not None else passing)
 
 

@@ -11,6 +11,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore
 
 from ..inference import YesNoScorer, select_top
+from ..inference.fusion import ZERO_SHOT_WEIGHT, fuse
 from ..models.loading import LoadedModel
 from .base import ModelReranker, annotated_copy, node_view, resolve_model
 
@@ -20,17 +21,23 @@ logger = logging.getLogger(__name__)
 class Stage1RelevanceFilter(ModelReranker):
     """Score each retrieved node alone with a (fine-tuned) model and keep the relevant ones.
 
-    The score is P(relevant): the softmax over the logits of ``yes`` and ``no`` at the answer position, one forward
-    pass per node, batched (SPEC §1.2). Image nodes are shown as pixels to vision-language models and as their text
-    surrogate to text-only models. The prompt is the one the model was trained with (its model card). Returned
-    nodes are copies carrying ``relevance_probability`` and ``retrieval_score`` in their metadata, and the
-    probability as their score. A NaN probability (overflowed logits) is ranked last, with a warning.
+    P(relevant) is the softmax over the logits of ``yes`` and ``no`` at the answer position, one forward pass per
+    node, batched (SPEC §1.2). Image nodes are shown as pixels to vision-language models and as their text surrogate
+    to text-only models. The prompt is the one the model was trained with (its model card). Nodes are ranked by
+    the **fused score** ``w * P(relevant) + (1 - w) * retrieval score`` (min-max normalised per query and per
+    modality, :mod:`mmrag_agent.inference.fusion`), so that the filter never throws away what the retriever knew:
+    ``w`` is the weight training fitted (model card), else :data:`~mmrag_agent.inference.fusion.ZERO_SHOT_WEIGHT`
+    (the retrieval order, with P breaking ties), or ``fusion_weight``. Returned nodes are copies carrying
+    ``relevance_probability``, ``retrieval_score`` and ``fused_score`` in their metadata, and the fused score as
+    their score. A NaN probability (overflowed logits) is ranked last, with a warning.
 
     Args:
         model: Hub id, directory (e.g. a ``mmrag train stage1`` output), ``.gguf`` file, PEFT adapter directory,
             ``"smollm2"``, or an already loaded model (:func:`~mmrag_agent.models.load_model`) to share.
         top_n: Keep at most this many nodes (None: no cap).
         threshold: Keep only nodes with P(relevant) >= threshold (None: no threshold).
+        fusion_weight: Weight of P(relevant) in the fused score, in [0, 1] (1: stage 1 alone; None: the model
+            card's fitted weight, else the zero-shot default).
         return_dropped: Score every candidate, keep ``top_n``: the nodes not kept are returned too, after the
             kept ones, with ``stage1_kept=False`` in their metadata, as evidence for an explanation. Stage-2
             components judge only the kept ones.
@@ -55,6 +62,7 @@ class Stage1RelevanceFilter(ModelReranker):
     top_n: Optional[int] = Field(default=5, ge=1, description="Keep at most this many nodes (None: keep all that pass).")
     threshold: Optional[float] = Field(default=None, ge=0.0, le=1.0, description="Keep nodes with P(relevant) >= this.")
     return_dropped: bool = Field(default=False, description="Also return the nodes not kept (stage1_kept=False), as evidence.")
+    fusion_weight: float = Field(ge=0.0, le=1.0, description="Weight of P(relevant) in the fused score (1: stage 1 alone).")
     batch_size: int = Field(default=8, gt=0, description="Nodes per forward pass.")
     max_text_tokens: int = Field(description="Token budget of each node's text.")
     reasoning: bool = Field(description="Generate <think> reasoning before scoring; returned as relevance_reasoning.")
@@ -64,7 +72,7 @@ class Stage1RelevanceFilter(ModelReranker):
     _scorer: YesNoScorer = PrivateAttr()
 
     def __init__(self, model: str | LoadedModel = "smollm2", *, top_n: Optional[int] = 5, threshold: Optional[float] = None,
-                 return_dropped: bool = False, batch_size: int = 8, max_text_tokens: Optional[int] = None,
+                 return_dropped: bool = False, fusion_weight: Optional[float] = None, batch_size: int = 8, max_text_tokens: Optional[int] = None,
                  reasoning: Optional[bool] = None, max_new_tokens: Optional[int] = None, device: str = "cpu", dtype: str = "auto",
                  attn_implementation: Optional[str] = None, max_pixels: int = 448 * 448, min_pixels: Optional[int] = None,
                  adapter: Optional[str] = None, callback_manager: Optional[CallbackManager] = None) -> None:
@@ -72,7 +80,10 @@ class Stage1RelevanceFilter(ModelReranker):
                                            min_pixels=min_pixels, max_pixels=max_pixels), "Stage1RelevanceFilter")
         scorer = YesNoScorer(loaded, batch_size=batch_size, max_text_tokens=max_text_tokens, reasoning=reasoning,
                              max_new_tokens=max_new_tokens)
-        super().__init__(model=loaded.name, top_n=top_n, threshold=threshold, return_dropped=return_dropped, batch_size=batch_size,
+        if fusion_weight is None:
+            fusion_weight = scorer.card.fusion["weight"] if scorer.card.fusion else ZERO_SHOT_WEIGHT
+        super().__init__(model=loaded.name, top_n=top_n, threshold=threshold, return_dropped=return_dropped,
+                         fusion_weight=fusion_weight, batch_size=batch_size,
                          max_text_tokens=scorer.max_text_tokens, reasoning=scorer.reasoning, max_new_tokens=scorer.max_new_tokens,
                          callback_manager=callback_manager or CallbackManager([]))
         self._loaded, self._scorer = loaded, scorer
@@ -97,14 +108,17 @@ class Stage1RelevanceFilter(ModelReranker):
         if nan:
             logger.warning("stage 1: P(relevant) is NaN for %d of %d candidates (the model's logits overflowed; try dtype="
                            "'float32'); they are ranked last", nan, len(probabilities))
-        order, kept = select_top(probabilities, self.top_n, self.threshold)
+        retrieval = [n.score for n in nodes]
+        fused = fuse(probabilities, retrieval, self.fusion_weight, groups=[v.modality for v in views])
+        order, kept = select_top(fused, self.top_n, self.threshold, threshold_on=probabilities)  # the threshold is on P
         out = []
         for i in order:
             if i not in kept and not self.return_dropped:
                 continue
-            evidence = {"retrieval_score": nodes[i].score, "relevance_probability": probabilities[i], "stage1_kept": i in kept}
+            evidence = {"retrieval_score": retrieval[i], "relevance_probability": probabilities[i], "fused_score": fused[i],
+                        "stage1_kept": i in kept}
             if reasonings is not None:
                 evidence["relevance_reasoning"] = reasonings[i]
-            out.append(NodeWithScore(node=annotated_copy(nodes[i].node, evidence), score=probabilities[i]))
+            out.append(NodeWithScore(node=annotated_copy(nodes[i].node, evidence), score=fused[i]))
         out.sort(key=lambda n: not n.node.metadata["stage1_kept"])  # stable: kept first, each part best first
         return out
