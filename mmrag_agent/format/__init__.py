@@ -19,7 +19,7 @@ digits to an integer, so hostile or degenerate model output costs no more than i
 from .grammar import (
     ANSWER_CLOSE, ANSWER_OPEN, MAX_ID_DIGITS, NO, RANK_CLOSE, RANK_OPEN, STAGE1_PREFIX, STAGE1_REASONING_PREFIX, STAGE2_PREFIX,
     THINK_CLOSE, THINK_OPEN, YES, Citation, Stage1Output, candidate_marker, completion_text, find_citations, parse_stage1_output,
-    stage1_completion, stage2_completion, strip_citations,
+    stage1_completion, stage2_completion, stage2_output_regex, strip_citations,
 )
 from .stage2 import Stage2Output, parse_stage2_output, stage2_format_ok
 
@@ -27,5 +27,5 @@ __all__ = [
     "ANSWER_CLOSE", "ANSWER_OPEN", "MAX_ID_DIGITS", "NO", "RANK_CLOSE", "RANK_OPEN", "STAGE1_PREFIX", "STAGE1_REASONING_PREFIX",
     "STAGE2_PREFIX", "THINK_CLOSE", "THINK_OPEN", "YES", "Citation", "Stage1Output", "Stage2Output", "candidate_marker",
     "completion_text", "find_citations", "parse_stage1_output", "parse_stage2_output", "stage1_completion", "stage2_completion",
-    "stage2_format_ok", "strip_citations",
+    "stage2_format_ok", "stage2_output_regex", "strip_citations",
 ]

@@ -273,3 +273,27 @@ def _rank_tokens(body: str) -> Iterator[tuple[str, str]]:
             yield "word", body[i:j]
         i = j
 
+
+
+def stage2_output_regex(num_candidates: int, prefix: str = "") -> str:
+    """The stage-2 format as a regular expression, for generation engines that constrain by regex (TRL's
+    ``vllm_structured_outputs_regex``): what follows ``prefix`` (``""`` or ``"<think>"``).
+
+    It holds the tags in order, reasoning and answer without ``<``, ``>`` or brackets except citations ``[1]``..``[K]``,
+    and a ranking of one to K such ids. A regular expression cannot require the ids to be distinct (the rank reward
+    penalises repeats); :class:`mmrag_agent.inference.constrained.Stage2Grammar` also enforces that, with
+    transformers. Linear to match: every repetition starts with a literal bracket.
+
+    Example:
+        >>> import re
+        >>> bool(re.fullmatch(stage2_output_regex(3), "<think>x [2]</think><rank>[2] > [1]</rank><answer>red [2]</answer>"))
+        True
+    """
+    if num_candidates < 1 or prefix not in ("", THINK_OPEN):
+        raise ValueError(f"need K >= 1 and a prefix of '' or {THINK_OPEN!r}, got K={num_candidates}, prefix={prefix!r}")
+    ids = "|".join(str(n) for n in range(num_candidates, 0, -1))
+    cite, free = rf"\[(?:{ids})\]", r"[^<>\[\]]*"
+    text = rf"{free}(?:{cite}{free})*"
+    rank = rf"{cite}(?: > {cite}){{0,{num_candidates - 1}}}"
+    body = rf"{text}{re.escape(THINK_CLOSE + RANK_OPEN)}{rank}{re.escape(RANK_CLOSE + ANSWER_OPEN)}{text}{re.escape(ANSWER_CLOSE)}"
+    return body if prefix else re.escape(THINK_OPEN) + body

@@ -9,15 +9,19 @@ a reranker and a synthesizer that share one ``Stage2Model`` generate once per qu
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
-from ..format import ANSWER_CLOSE, ANSWER_OPEN, Stage2Output, parse_stage2_output
+from ..format import ANSWER_CLOSE, ANSWER_OPEN, THINK_OPEN, Stage2Output, parse_stage2_output
 from ..model_card import ModelCard, card_for
 from ..models.generation import generate
 from ..models.loading import LoadedModel
 from ..prompts import CandidateView, render_chat, stage2_messages
+from .constrained import Stage2Grammar
+
+logger = logging.getLogger(__name__)
 
 Request = tuple[str, Sequence[CandidateView]]
 
@@ -31,8 +35,9 @@ class Stage2Model:
         max_text_tokens: Token budget of each candidate's text (None: the card's).
         cache_size: Results remembered (the reranker and the synthesizer of one query share one).
         card: The serving contract to follow instead of the model's own card.
-        logits_processors: Factory of extra ``LogitsProcessor`` objects for one batch, called with
-            ``(prompts, candidate_counts)`` (e.g. the output grammar); None: unconstrained.
+        constrained: Keep generation in the output format (:class:`~mmrag_agent.inference.constrained.Stage2Grammar`):
+            reasoning, a ranking of distinct shown ids, an answer citing only shown ids, never the prompt's own
+            wording. On by default; needs the assistant prefix ``"<think>"`` or ``""``.
 
     Example:
         >>> stage2 = Stage2Model(load_model("runs/stage2"))
@@ -41,14 +46,17 @@ class Stage2Model:
     """
 
     def __init__(self, loaded: LoadedModel, max_new_tokens: Optional[int] = None, max_text_tokens: Optional[int] = None,
-                 cache_size: int = 32, card: Optional[ModelCard] = None,
-                 logits_processors: Optional[Callable[[list[str], list[int]], list]] = None) -> None:
+                 cache_size: int = 32, card: Optional[ModelCard] = None, constrained: bool = True) -> None:
         self.loaded = loaded
         self.card = card or card_for(loaded.card, stage=2)
         self.max_new_tokens = max_new_tokens or self.card.max_new_tokens or 256
         self.max_text_tokens = max_text_tokens or self.card.max_text_tokens
         self.cache_size = cache_size
-        self.logits_processors = logits_processors
+        if constrained and self.card.assistant_prefix not in ("", THINK_OPEN):
+            logger.warning("constrained stage-2 decoding is off: it starts after '' or %r, and this model's assistant prefix is %r",
+                           THINK_OPEN, self.card.assistant_prefix)
+            constrained = False
+        self.constrained = constrained
         self.generations = 0  # completions parsed (a cache hit makes none)
         self._cache: OrderedDict[tuple, Stage2Output] = OrderedDict()
         self._lock = threading.Lock()
@@ -169,7 +177,9 @@ class Stage2Model:
                 self._cache.popitem(last=False)
 
     def _processors(self, prompts: list[str], counts: list[int]) -> list:
-        return list(self.logits_processors(prompts, counts)) if self.logits_processors else []
+        if not self.constrained:
+            return []
+        return [Stage2Grammar(self.loaded.tokenizer, counts, self.max_new_tokens, self.assistant_prefix)]
 
 
 class PendingResult:
