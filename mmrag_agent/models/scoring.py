@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..prompts import ANSWER_OPEN, NO, YES, CandidateView, render_chat, stage1_messages
+from ..format import ANSWER_OPEN, NO, YES
+from ..prompts import CandidateView, render_chat, stage1_messages
 from .generation import adds_special_tokens, encode, generate, open_image
 from .loading import LoadedModel
 
