@@ -27,6 +27,7 @@ Only typer and rich are imported at module level (``mmrag --help`` stays fast an
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -127,6 +128,7 @@ def startup_lines(config) -> list[str]:
 
 def _train(stage: int, ctx: typer.Context, config_file: Optional[Path], sets: List[str], dry_run: bool = False, **named) -> None:
     quiet_libraries("mmrag_agent.finetune")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' deprecation notices are not the user's to act on
     import datasets
 
     from ..finetune.config import ConfigError
@@ -143,33 +145,27 @@ def _train(stage: int, ctx: typer.Context, config_file: Optional[Path], sets: Li
             fail(f"{option} {path}: no such file")
     if stage == 2 and config.stage1_output and not Path(config.stage1_output).is_dir():
         fail(f"--stage1 {config.stage1_output}: no such directory (the output directory of `mmrag train stage1`)")
-    if dry_run:
-        _dry_run(config)
-        return
-    for line in startup_lines(config):
-        console.print(line, highlight=False, markup=False)
-    from ..finetune.train import train_stage1, train_stage2
+    from ..finetune.train import load_examples, train_stage1, train_stage2
     from ..models.loading import ModelLoadError
+
+    try:  # read and check the data before anything is printed, loaded or written (read again by the run: cheap)
+        train, held_out, _ = load_examples(config)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(" ".join(str(exc).split()))
+    lines = [*startup_lines(config), f"data: {len(train)} training and {len(held_out)} held-out questions, all valid"]
+    if dry_run:
+        for line in [*lines, "dry run: nothing loaded or written; the resolved config follows (pass it back with --config FILE)"]:
+            typer.echo(f"# {line}")
+        typer.echo(config.to_yaml(), nl=False)
+        return
+    for line in lines:
+        typer.echo(line)
 
     try:
         result = (train_stage1 if stage == 1 else train_stage2)(config)
     except (ValueError, FileNotFoundError, ModelLoadError) as exc:
         fail(" ".join(str(exc).split()))
     print_summary(result.model_card, result.output_dir)
-
-
-def _dry_run(config) -> None:
-    """Read and check the data files, then print the plan (as YAML comments) and the resolved config."""
-    from ..finetune.train import load_examples
-
-    try:
-        train, held_out, _ = load_examples(config)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(" ".join(str(exc).split()))
-    for line in [*startup_lines(config), f"data: {len(train)} training and {len(held_out)} held-out questions, all valid",
-                 "dry run: nothing loaded or written; the resolved config follows (pass it back with --config FILE)"]:
-        typer.echo(f"# {line}")
-    typer.echo(config.to_yaml(), nl=False)
 
 
 def print_summary(card, output_dir) -> None:
@@ -191,12 +187,12 @@ def print_summary(card, output_dir) -> None:
     probe = (warm.get("probe") or {}).get("format_rate")
     console.print(f"steps {training['steps']}; last-{train['over_last_steps']}-step means: reward {_fmt(train['reward'])}, "
                   f"format rate {_fmt(train['format_rate'])}, frac_reward_zero_std {_fmt(train['frac_reward_zero_std'])}, "
-                  f"{_fmt(train['step_time'])} s/step", highlight=False)
+                  f"{_fmt(train['step_time'])} s/step", highlight=False, soft_wrap=True)
     console.print(f"SFT warm start: {'ran %s steps' % warm.get('steps') if warm.get('ran') else 'skipped'} ({warm.get('mode')}"
-                  + (f", probe format rate {probe:.3f}" if isinstance(probe, float) else "") + ")", highlight=False)
+                  + (f", probe format rate {probe:.3f}" if isinstance(probe, float) else "") + ")", highlight=False, soft_wrap=True)
     console.print(f"wrote {output_dir} (model_card.json: assistant prefix {card.assistant_prefix!r}, max_new_tokens "
                   f"{card.max_new_tokens}; load with mmrag_agent.models.load_model or Stage1RelevanceFilter(model=...)); "
-                  f"curves: {Path(output_dir) / 'training_curves.png'}", highlight=False, markup=False)
+                  f"curves: {Path(output_dir) / 'training_curves.png'}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _fmt(value) -> str:

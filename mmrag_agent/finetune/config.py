@@ -22,7 +22,7 @@ reward weights, SFT warm start and its format probe, assistant prefix, reasoning
 held-out evaluation), each with ``help`` metadata, and change a few defaults: ``beta`` 0.04 (TRL: 0.0), LoRA on
 (``use_peft``) over the attention and MLP projections, the learning rate 1e-5 with LoRA / 1e-6 for full
 fine-tuning, ``max_completion_length`` 16 for stage 1 (256 in reasoning mode) and 256 for stage 2,
-``logging_steps`` 1, ``bf16`` only where a CUDA device supports it, and the assistant prefix of
+``logging_steps`` 1, ``bf16`` only where a CUDA device supports it, pinned loader memory only with CUDA, and the assistant prefix of
 :mod:`mmrag_agent.format` (``<answer>`` for stage 1, ``<think>`` for stage 1 with reasoning and for stage 2; an
 explicit ``""`` means no prefix). Values left as ``None`` are resolved in ``__post_init__`` and can be read back.
 
@@ -84,6 +84,8 @@ class StageConfig(GRPOConfig, ModelConfig):
     logging_steps: float = field(default=1, metadata=_help("Log every N optimizer steps (1: every step reaches the curves)."))
     bf16: bool | None = field(default=None, metadata=_help(
         "bf16 mixed precision. Default (null): on only where a CUDA device supports bf16 (off on CPU)."))
+    dataloader_pin_memory: bool | None = field(default=None, metadata=_help(
+        "Pin data-loader memory. Default (null): only when training on a CUDA device (pinning needs one)."))
 
     # ---- model and LoRA (trl.ModelConfig fields; defaults changed where SPEC §4 differs)
     model_name_or_path: str | None = field(default=None, metadata=_help(
@@ -173,6 +175,8 @@ class StageConfig(GRPOConfig, ModelConfig):
             self.assistant_prefix = self._default_prefix()
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and _cuda_bf16()
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = not self.use_cpu and _cuda()
         if self.output_dir is None:
             self.output_dir = f"mmrag-stage{self.stage}"
         if self.activation_checkpointing is None and self.gradient_checkpointing is not None:
@@ -359,7 +363,8 @@ class _StageParser(TrlParser):
         name = name.lstrip("-").split("=", 1)[0]
         own = stage_fields(self.cls)  # the stage's own fields are the likelier meaning, then TRL's
         close = difflib.get_close_matches(name.replace("-", "_"), own, n=3, cutoff=0.6)
-        close += difflib.get_close_matches(name.replace("-", "_"), [n for n in self.names if n not in own], n=3 - len(close), cutoff=0.6)
+        if len(close) < 3:
+            close += difflib.get_close_matches(name.replace("-", "_"), [n for n in self.names if n not in own], n=3 - len(close))
         hint = f"; did you mean {', '.join(close)}?" if close else f"; {self.cls.__name__} has no such field"
         return ConfigError(f"unknown config field {name!r} {where}{hint}")
 
@@ -384,6 +389,15 @@ def _yaml_problem(exc: Exception) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or type(exc).__name__
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - no usable CUDA
+        return False
 
 
 def _cuda_bf16() -> bool:

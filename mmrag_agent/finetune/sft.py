@@ -135,7 +135,7 @@ def sft_warm_start(model, processing_class, dataset, config, peft_config=None, o
         logging_steps=max(1, config.sft_max_steps // 10), save_strategy="no", report_to="none", seed=config.seed,
         bf16=config.bf16, fp16=config.fp16, use_cpu=config.use_cpu, activation_checkpointing=config.activation_checkpointing,
         max_length=None, completion_only_loss=True, remove_unused_columns=True, disable_tqdm=True,
-        ddp_find_unused_parameters=config.ddp_find_unused_parameters,
+        ddp_find_unused_parameters=config.ddp_find_unused_parameters, dataloader_pin_memory=config.dataloader_pin_memory,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
