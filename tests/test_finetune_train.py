@@ -8,7 +8,6 @@ computed and logged. Runs are 2-3 steps with 2 generations of a few tokens.
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
@@ -108,6 +107,26 @@ def test_scale_out_configs_build_without_running(tmp_path):
                                          ["--num_generations", "4", "--per_device_train_batch_size", "4"],
                                          data="train.jsonl", output_dir=str(tmp_path)))
     assert (config.use_vllm, config.vllm_mode, config.num_generations) == (True, "server", 4)
+
+
+def test_chunked_evaluation_equals_one_pass_over_all_questions():
+    """The held-out progress bar evaluates in chunks; the combined metrics are those of one call over everything,
+    including a metric averaged over fewer units (answer F1 only where there are gold answers)."""
+    from mmrag_agent.finetune.callbacks import evaluate_in_chunks
+
+    items = [{"hit": h, "f1": f} for h, f in [(1, 0.5), (0, None), (1, None), (1, 1.0), (0, 0.25), (0, None), (1, 0.0)]]
+
+    def evaluate(chunk):
+        f1s = [i["f1"] for i in chunk if i["f1"] is not None]
+        return {"p@1": sum(i["hit"] for i in chunk) / len(chunk), "answer_f1": sum(f1s) / len(f1s) if f1s else float("nan"),
+                "n": len(chunk)}
+
+    whole = evaluate(items)
+    for size in (1, 2, 3, 7):
+        chunked = evaluate_in_chunks(evaluate, items, size, progress=False,
+                                     counts={"answer_f1": lambda chunk: sum(i["f1"] is not None for i in chunk)})
+        assert chunked["n"] == 7 and chunked["p@1"] == pytest.approx(whole["p@1"])
+        assert chunked["answer_f1"] == pytest.approx(whole["answer_f1"]), size
 
 
 # ------------------------------------------------------------------------------------------------ stage 1
@@ -304,8 +323,10 @@ def test_cli_trains_stage1_with_a_capped_warm_start_and_shows_every_phase(tiny_q
     assert lines[0].startswith("stage 1: ") and "GRPO max_steps 1" in lines[0] and "assistant prefix '<think>'" in lines[0]
     assert lines[1] == ("SFT warm start: auto (runs 2 steps before GRPO if the format probe fails; --sft-steps to change, "
                         "--sft off to skip)")
-    # Every phase had a progress bar: the probe, the warm start, GRPO, the held-out evaluations
-    for bar in ("format probe: 100%", "stage 1 SFT warm start: 100%", "stage 1 GRPO: 100%", "held-out evaluation: 100%"):
+    # Every phase had a progress bar, drawn from its first item: the probe, the warm start, GRPO, the held-out evaluations
+    for bar in ("format probe:   0%", "stage 1 SFT warm start:   0%", "stage 1 GRPO:   0%", "held-out evaluation:   0%"):
+        assert bar in result.output, bar
+    for bar in ("format probe: 100%", "stage 1 SFT warm start: 100%", "stage 1 GRPO: 100%"):  # the held-out bars are removed when done
         assert bar in result.output, bar
     assert "held-out" in result.output and "p@1" in result.output and "frac_reward_zero_std" in result.output
     card = read_model_card(out)
