@@ -122,8 +122,12 @@ def _warm_start(run: StageRun, history: list[dict], evaluating: bool) -> tuple[d
         warm["probe"] = format_probe(run.start.loaded, run.records, run.format_reward, config.format_probe_prompts,
                                      config.format_probe_generations, config.max_completion_length, config.temperature,
                                      config.assistant_prefix, config.seed, config.eval_batch_size, progress=config.progress_bar)
-        logger.info("format probe: %.3f of %d sampled completions in format", warm["probe"]["format_rate"], warm["probe"]["n"])
-    if not (config.sft_warm_start == "on" or (config.sft_warm_start == "auto" and warm["probe"]["format_rate"] < config.format_probe_threshold)):
+    runs = config.sft_warm_start == "on" or (config.sft_warm_start == "auto" and warm["probe"]["format_rate"] < config.format_probe_threshold)
+    if "probe" in warm:
+        logger.info("format probe: %.3f of %d sampled completions in format (threshold %g): %s", warm["probe"]["format_rate"],
+                    warm["probe"]["n"], config.format_probe_threshold,
+                    f"SFT warm start for {config.sft_max_steps} steps" if runs else "no warm start needed")
+    if not runs:
         return warm, peft_config
     began = time.perf_counter()
     model, sft_logs = sft_warm_start(run.start.loaded.model, run.start.loaded.processor, sft_dataset(run.records, run.targets),
