@@ -25,7 +25,8 @@ from typing import Any
 from .format import STAGE1_PREFIX, STAGE1_REASONING_PREFIX, STAGE2_PREFIX
 from .prompts import PROMPT_VERSION
 
-__all__ = ["CARD_VERSION", "MODEL_CARD", "ModelCard", "ModelCardError", "default_card", "read_model_card", "write_model_card"]
+__all__ = ["CARD_VERSION", "MODEL_CARD", "ModelCard", "ModelCardError", "card_for", "default_card", "read_model_card",
+           "write_model_card"]
 
 MODEL_CARD = "model_card.json"
 CARD_VERSION = 1
@@ -106,6 +107,22 @@ def default_card(stage: int, reasoning: bool = False) -> ModelCard:
         return ModelCard(stage=1, assistant_prefix=STAGE1_REASONING_PREFIX if reasoning else STAGE1_PREFIX, reasoning=reasoning,
                          max_new_tokens=256 if reasoning else 16)
     return ModelCard(stage=2, assistant_prefix=STAGE2_PREFIX, candidates_per_prompt=5, max_new_tokens=256)
+
+
+def card_for(card: ModelCard | None, stage: int, reasoning: bool | None = None) -> ModelCard:
+    """The card to serve ``stage`` with: the model's own card when it was trained for that stage (and, for
+    stage 1, the same reasoning mode), else the defaults of :func:`default_card`.
+
+    One directory can serve both stages (a stage-2 model started from stage 1 is often used for both), so a
+    card of the other stage does not apply.
+
+    Example:
+        >>> card_for(None, stage=1).assistant_prefix
+        '<answer>'
+    """
+    if card is not None and card.stage == stage and (reasoning is None or card.reasoning == reasoning):
+        return card
+    return default_card(stage, reasoning=bool(reasoning))
 
 
 def write_model_card(output_dir: str | Path, card: ModelCard) -> Path:

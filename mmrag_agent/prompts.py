@@ -81,7 +81,7 @@ def candidate_view(candidate: Any, data_file: str | Path | None = None, with_ima
             raise ValueError(f"candidate {candidate.id!r}: pass data_file= (the JSONL it was read from) to resolve its image_path")
         from .schema import resolve_image_path
 
-        image = str(resolve_image_path(candidate.image_path, data_file, allow_outside=allow_outside))
+        image = str(resolve_image_path(candidate.image_path, data_file, allow_outside, field=f"image_path of candidate {candidate.id!r}"))
     return CandidateView(text=candidate.text or "", title=candidate.title, image=image, modality=candidate.modality,
                          key=candidate.id)
 

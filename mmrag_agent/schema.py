@@ -253,13 +253,14 @@ def read_rerank_examples(path: str | Path, limit: int | None = None) -> list[Rer
     return examples
 
 
-def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bool = False) -> Path:
+def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bool = False, field: str = "image_path") -> Path:
     """An example's ``image_path`` resolved against the folder of its JSONL file; it must exist and stay inside.
 
     Args:
         image_path: The candidate's ``image_path`` as written (relative to the data file, or absolute).
         data_file: The JSONL file the candidate was read from.
         allow_outside: Accept a path that leaves the data file's folder (``../``, absolute elsewhere, a link).
+        field: Names the field in error messages.
 
     Returns:
         The resolved path.
@@ -268,15 +269,14 @@ def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bo
         DatasetError: The image leaves the folder (without ``allow_outside``) or does not exist.
 
     Example:
-        >>> resolve_image_path("img/a.jpg", "data/dev.jsonl")
-        PosixPath('/abs/data/img/a.jpg')
+        >>> resolve_image_path("img/a.jpg", "/data/dev.jsonl")  # /data/img/a.jpg, if it exists
     """
     folder = Path(data_file).resolve().parent
     path = (folder / image_path).resolve()
     if not allow_outside and not path.is_relative_to(folder):
-        raise DatasetError(data_file, None, "image_path", f"{image_path!r} points outside {folder}",
+        raise DatasetError(data_file, None, field, f"{image_path!r} points outside {folder}",
                            "keep images inside the data file's folder, or allow paths outside it explicitly")
     if not path.is_file():
-        raise DatasetError(data_file, None, "image_path", f"image file {path} does not exist",
+        raise DatasetError(data_file, None, field, f"image file {path} does not exist",
                            "fix image_path (relative to the data file's folder) or use the model without images")
     return path

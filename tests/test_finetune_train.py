@@ -79,7 +79,7 @@ def assert_reward_logged(log_history, format_key):
 
 
 def filter_scores(output_dir):
-    stage1 = Stage1RelevanceFilter(model=str(output_dir), top_n=2)
+    stage1 = Stage1RelevanceFilter(str(output_dir), top_n=2)
     nodes = [NodeWithScore(node=TextNode(text="Barcelona hosted the 1992 Summer Olympics."), score=0.9),
              NodeWithScore(node=TextNode(text="An unrelated passage."), score=0.5),
              NodeWithScore(node=TextNode(text="Olympic host cities are chosen years ahead."), score=0.4)]
@@ -290,7 +290,7 @@ def test_sft_targets_earn_the_full_rewards(data_file):
         stage1_records, stage1_total_reward, stage2_answer_reward, stage2_format_reward, stage2_rank_reward, stage2_records,
     )
     from mmrag_agent.finetune.sft import stage1_target, stage2_target
-    from mmrag_agent.postprocessors.stage2_output import parse_stage2_output
+    from mmrag_agent.format import parse_stage2_output
     from mmrag_agent.schema import read_rerank_examples
 
     examples = read_rerank_examples(data_file)
@@ -305,6 +305,36 @@ def test_sft_targets_earn_the_full_rewards(data_file):
     assert stage2_rank_reward(targets, **columns) == [1.0] * len(records)
     assert stage2_answer_reward(targets, **columns) == [1.0] * len(records)
     assert all(parse_stage2_output(t, 3).format_ok for t in targets)
+
+
+@pytest.mark.parametrize("stage, reasoning, prefix", [(1, False, "<answer>"), (1, True, "<think>"), (2, False, "<think>"), (1, False, "")])
+def test_the_warm_start_trains_the_grpo_prompt_followed_by_the_target(tiny_qwen2_dir, data_file, stage, reasoning, prefix):
+    """SFTTrainer renders prompt + completion with the original template; GRPO renders the prompt with the prefix
+    pre-filled. The SFT tokens must be the GRPO prompt's tokens followed by the target (then the end of the turn)."""
+    from transformers import AutoTokenizer
+
+    from mmrag_agent.finetune import stage1_records, stage2_records
+    from mmrag_agent.finetune.policy import training_processor
+    from mmrag_agent.finetune.sft import sft_dataset, stage1_target, stage2_target
+    from mmrag_agent.schema import read_rerank_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    examples = read_rerank_examples(data_file)
+    if stage == 1:
+        records = stage1_records(examples, reasoning=reasoning, tokenizer=tokenizer)
+        targets = [stage1_target(r, reasoning, prefix) for r in records]
+    else:
+        records = stage2_records(examples, k=3, permutations=1, tokenizer=tokenizer)
+        targets = [stage2_target(r, prefix) for r in records]
+    dataset = sft_dataset(records, targets, prefix=prefix)
+    grpo_template = training_processor(tokenizer, prefix)
+    for row, target in list(zip(dataset, targets))[:4]:
+        sft_text = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        grpo_prompt = grpo_template.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        assert sft_text.startswith(grpo_prompt + target), (sft_text[-120:], grpo_prompt[-40:], target)
+        sft_ids = tokenizer(sft_text, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(grpo_prompt, add_special_tokens=False)["input_ids"]
+        assert sft_ids[:len(prompt_ids)] == prompt_ids
 
 
 # ------------------------------------------------------------------------------------------------ CLI

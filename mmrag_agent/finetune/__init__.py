@@ -30,7 +30,7 @@ import importlib
 from ..model_card import read_model_card
 from ..prompts import stage2_messages
 from .builders import build_mmqa, build_webqa
-from .datasets import split_by_question, stage1_dataset, stage1_records, stage2_dataset, stage2_records, to_dataset
+from .datasets import split_by_question, stage1_records, stage2_records, to_dataset
 from .rewards import (
     completion_text, stage1_accuracy_reward, stage1_format_reward, stage1_total_reward, stage2_answer_reward,
     stage2_format_reward, stage2_rank_reward, stage2_total_reward,
@@ -46,11 +46,10 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 __all__ = [
     "ConfigError", "Stage1Config", "Stage2Config", "StageConfig", "StageRun", "TrainResult", "build_mmqa", "build_webqa", "completion_text",
     "evaluate_stage1", "evaluate_stage2", "read_model_card", "split_by_question", "stage1_accuracy_reward",
-    "stage1_dataset", "stage1_format_reward", "stage1_records", "stage1_rewards", "stage1_total_reward", "stage2_answer_reward",
-    "stage2_dataset", "stage2_format_reward", "stage2_messages", "stage2_rank_reward", "stage2_records", "stage2_rewards",
+    "stage1_format_reward", "stage1_records", "stage1_rewards", "stage1_total_reward", "stage2_answer_reward",
+    "stage2_format_reward", "stage2_messages", "stage2_rank_reward", "stage2_records", "stage2_rewards",
     "stage2_total_reward", "to_dataset", "train_stage1", "train_stage2",
 ]
-assert set(_WHERE) <= set(__all__)
 
 
 def __getattr__(name):

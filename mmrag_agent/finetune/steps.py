@@ -25,7 +25,7 @@ from .datasets import to_dataset
 from .policy import SaveOriginalProcessor, StartModel, lora_config, save_warm_start, training_processor
 from .sft import format_probe, sft_dataset, sft_warm_start
 
-__all__ = ["StageRun", "TrainResult", "resolve_output", "run_stage"]
+__all__ = ["StageRun", "TrainResult", "resolve_output", "run_stage", "serving_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class StageRun:
         resume: The checkpoint being resumed, or None.
         start: The policy training starts from.
         records: Training records (TRL's conversational format).
-        targets: The gold-formatted completion of each record (the SFT warm start's targets).
+        targets: The gold-formatted completion of each record after the assistant prefix (the SFT warm start
+            trains on prefix + target).
         reward_funcs: The reward functions handed to ``GRPOTrainer``.
         reward_weights: Their weights (None: ``config.reward_weights`` or 1.0 each).
         format_reward: The stage's format reward (the format probe's measure).
@@ -130,8 +131,9 @@ def _warm_start(run: StageRun, history: list[dict], evaluating: bool) -> tuple[d
     if not runs:
         return warm, peft_config
     began = time.perf_counter()
-    model, sft_logs = sft_warm_start(run.start.loaded.model, run.start.loaded.processor, sft_dataset(run.records, run.targets),
-                                     config, peft_config, output_dir=str(out / "sft-run"))
+    dataset = sft_dataset(run.records, run.targets, prefix=config.assistant_prefix)  # completions: prefix + target
+    model, sft_logs = sft_warm_start(run.start.loaded.model, run.start.loaded.processor, dataset, config, peft_config,
+                                     output_dir=str(out / "sft-run"))
     run.start = save_warm_start(config, out, run.start, model)
     shutil.rmtree(out / "sft-run", ignore_errors=True)
     warm.update(ran=True, steps=config.sft_max_steps, learning_rate=config.sft_learning_rate,
@@ -205,18 +207,23 @@ def _finish(run: StageRun, trainer, warm: dict, history: list[dict]) -> ModelCar
         plot_curves(logs, history, out / "training_curves.png", title=f"stage {config.stage} GRPO: {Path(config.output_dir).name}")
     weights = list(trainer.args.reward_weights or [1.0] * len(run.reward_funcs))
     held_out = _strip(history[-1]) if history else None
-    card = ModelCard(
-        stage=config.stage, prompt_version=PROMPT_VERSION, assistant_prefix=config.assistant_prefix,
-        reasoning=bool(getattr(config, "reasoning", False)), max_text_tokens=config.max_text_tokens,
-        candidates_per_prompt=getattr(config, "k", None), max_new_tokens=config.max_completion_length,
-        base_model=start.base_model, kind=start.kind, metrics=held_out or {},
-        training={"init_from": start.init_from, "data": {**run.data_info, "train_records": len(run.records)},
-                  "rewards": [{"name": get_callable_name(f), "weight": w} for f, w in zip(run.reward_funcs, weights)],
-                  "steps": trainer.state.global_step, "sft_warm_start": warm,
-                  "final_metrics": {"train": train_summary(logs), "held_out": held_out},
-                  "held_out_history": history, "config": config.stage_summary()})
+    card = serving_card(config, start)
+    card.metrics = held_out or {}
+    card.training = {"init_from": start.init_from, "data": {**run.data_info, "train_records": len(run.records)},
+                     "rewards": [{"name": get_callable_name(f), "weight": w} for f, w in zip(run.reward_funcs, weights)],
+                     "steps": trainer.state.global_step, "sft_warm_start": warm,
+                     "final_metrics": {"train": train_summary(logs), "held_out": held_out},
+                     "held_out_history": history, "config": config.stage_summary()}
     write_model_card(out, card)
     return card
+
+
+def serving_card(config: StageConfig, start: StartModel) -> ModelCard:
+    """The model card of a run: the prompt settings serving must reproduce (the held-out evaluation uses them too)."""
+    return ModelCard(stage=config.stage, prompt_version=PROMPT_VERSION, assistant_prefix=config.assistant_prefix,
+                     reasoning=bool(getattr(config, "reasoning", False)), max_text_tokens=config.max_text_tokens,
+                     candidates_per_prompt=getattr(config, "k", None), max_new_tokens=config.max_completion_length,
+                     base_model=start.base_model, kind=start.kind)
 
 
 def _callable_name(func: Callable) -> str:

@@ -42,9 +42,10 @@ from .rewards import (
     stage1_accuracy_reward, stage1_format_reward, stage2_answer_reward, stage2_format_reward, stage2_rank_reward,
 )
 from .sft import stage1_target, stage2_target
-from .steps import StageRun, TrainResult, resolve_output, run_stage
+from .steps import StageRun, TrainResult, resolve_output, run_stage, serving_card
 
 __all__ = ["StageRun", "TrainResult", "load_examples", "stage1_rewards", "stage2_rewards", "train_stage1", "train_stage2"]
+
 
 def stage1_rewards(config: Stage1Config) -> tuple[list[Callable], list[float]]:
     """Stage-1 reward functions and weights: ``[format, gated accuracy] + extras``, ``[format_weight, accuracy_weight] + ...``."""
@@ -95,20 +96,21 @@ def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None =
 
     # 4. Held-out evaluation: stage-1 P(relevant) ranking of each held-out query's candidates (P@1, MRR, ...)
     eval_file = config.eval_data or config.data
+    card = serving_card(config, start)  # the prompt settings serving will use, evaluated as such
 
     @_timed
     def evaluate(model) -> dict:
         loaded = as_loaded(model, start.loaded)
         return evaluate_in_chunks(
-            lambda chunk: evaluate_stage1(loaded, chunk, config.eval_batch_size, eval_file, with_images, config.max_text_tokens),
+            lambda chunk: evaluate_stage1(loaded, chunk, card, config.eval_batch_size, eval_file, with_images),
             held_out, chunk_size=1, desc="held-out evaluation", progress=config.progress_bar)
 
     # 5. Format probe and SFT warm start on gold-formatted targets, GRPO, output directory
     return run_stage(StageRun(
         config=config, out=out, resume=resume, start=start, records=records,
-        targets=[stage1_target(r, config.reasoning) for r in records], reward_funcs=funcs, reward_weights=weights,
-        format_reward=functools.partial(stage1_format_reward, reasoning=config.reasoning, prefix=config.assistant_prefix),
-        evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks)))
+        targets=[stage1_target(r, config.reasoning, config.assistant_prefix) for r in records], reward_funcs=funcs,
+        reward_weights=weights, evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks),
+        format_reward=functools.partial(stage1_format_reward, reasoning=config.reasoning, prefix=config.assistant_prefix)))
 
 
 def train_stage2(config: Stage2Config, reward_funcs: Sequence[Callable] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
@@ -144,21 +146,22 @@ def train_stage2(config: Stage2Config, reward_funcs: Sequence[Callable] | None =
 
     # 4. Held-out evaluation: greedy completions parsed; rank metrics of the model's ranking, answer F1
     eval_file = config.eval_data or config.data
+    card = serving_card(config, start)  # the prompt settings serving will use, evaluated as such
 
     @_timed
     def evaluate(model) -> dict:
         loaded = as_loaded(model, start.loaded)
         return evaluate_in_chunks(
-            lambda chunk: evaluate_stage2(loaded, chunk, config.k, config.split_seed, with_images, eval_file, config.max_text_tokens,
-                                          config.max_completion_length, config.assistant_prefix, config.eval_batch_size),
+            lambda chunk: evaluate_stage2(loaded, chunk, card, config.split_seed, eval_file, config.eval_batch_size),
             held_out, chunk_size=config.eval_batch_size, desc="held-out evaluation", progress=config.progress_bar,
             counts={"answer_f1": lambda chunk: sum(bool(e.positives and e.answers) for e in chunk)})
 
     # 5. Format probe and SFT warm start, GRPO, output directory
     return run_stage(StageRun(
-        config=config, out=out, resume=resume, start=start, records=records, targets=[stage2_target(r) for r in records],
-        reward_funcs=funcs, reward_weights=weights, format_reward=functools.partial(stage2_format_reward, prefix=config.assistant_prefix),
-        evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks)))
+        config=config, out=out, resume=resume, start=start, records=records,
+        targets=[stage2_target(r, config.assistant_prefix) for r in records], reward_funcs=funcs, reward_weights=weights,
+        evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks),
+        format_reward=functools.partial(stage2_format_reward, prefix=config.assistant_prefix)))
 
 
 def load_examples(config: StageConfig) -> tuple[list, list, dict]:
