@@ -174,7 +174,7 @@ class StageConfig(GRPOConfig, ModelConfig):
         if self.assistant_prefix is None:
             self.assistant_prefix = self._default_prefix()
         if self.bf16 is None:
-            self.bf16 = not self.fp16 and not self.use_cpu and _cuda_bf16()
+            self.bf16 = not self.fp16 and not self.use_cpu and _cuda(bf16=True)
         if self.dataloader_pin_memory is None:
             self.dataloader_pin_memory = not self.use_cpu and _cuda()
         if self.output_dir is None:
@@ -391,21 +391,13 @@ def _yaml_problem(exc: Exception) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
-def _cuda() -> bool:
+def _cuda(bf16: bool = False) -> bool:
+    """A usable CUDA device (that supports bf16, with ``bf16``)."""
     try:
         import torch
 
-        return torch.cuda.is_available()
+        return torch.cuda.is_available() and (not bf16 or torch.cuda.is_bf16_supported())
     except Exception:  # noqa: BLE001 - no usable CUDA
-        return False
-
-
-def _cuda_bf16() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    except Exception:  # noqa: BLE001 - no usable CUDA means no bf16
         return False
 
 
