@@ -30,7 +30,7 @@ def test_bad_options_fail_in_one_line_before_any_model_loads(tmp_path, monkeypat
     (tmp_path / "docs").mkdir()
     started = time.perf_counter()
     result = runner.invoke(app, ["index", str(tmp_path / "docs"), "--ocr", "maybe"])
-    _one_line_error(result, "'maybe' is not one of 'auto', 'on', 'off'", "mmrag index --help")
+    _one_line_error(result, "'maybe' is not one of 'auto', 'on', 'off'", "index --help")
     _one_line_error(runner.invoke(app, ["index", str(tmp_path / "docs"), "--text-model", "no-such-org/no-such-model"]),
                     "'no-such-org/no-such-model' is not in the local cache", "minilm")
     _one_line_error(runner.invoke(app, ["ask", "a question?", "--stage1-model", "./no-such-run"]), "no model at ./no-such-run")

@@ -28,7 +28,8 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, standalone_mode=False, **kwargs)  # a typer.Exit comes back as its exit code
+            sys.exit(code if isinstance(code, int) else 0)
         except click_exceptions.NoArgsIsHelpError as exc:  # a bare group: its help
             exc.show()
             sys.exit(exc.exit_code)
