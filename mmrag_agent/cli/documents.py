@@ -33,14 +33,32 @@ def index(
     rebuild: bool = typer.Option(False, "--rebuild", help="Drop the existing index and re-embed everything."),
 ) -> None:
     """Index FOLDER incrementally: unchanged files are skipped, changed ones replaced, deleted ones removed."""
+    check_embedding_models(text_model, image_model)
     quiet_libraries()
-    from ..indexing import FolderIndexer
+    from ..indexing import EmbeddingModelUnavailable, FolderIndexer
 
-    indexer = FolderIndexer(folder, store=store, qdrant_url=qdrant_url, collection=collection, text_model=text_model,
-                            image_model=image_model, device=device, ocr=ocr.value, max_image_pixels=max_image_pixels, chunk_size=chunk_size,
-                            rebuild=rebuild)
+    try:
+        indexer = FolderIndexer(folder, store=store, qdrant_url=qdrant_url, collection=collection, text_model=text_model,
+                                image_model=image_model, device=device, ocr=ocr.value, max_image_pixels=max_image_pixels,
+                                chunk_size=chunk_size, rebuild=rebuild)
+    except EmbeddingModelUnavailable as exc:
+        fail(str(exc))
     report = indexer.run()
     print_report(report, where=qdrant_url or str(indexer.store_path))
+
+
+def check_embedding_models(text_model: str, image_model: str) -> None:
+    """Fail in one line, before the store is opened or a model loads, when an embedding model cannot be had."""
+    from ..hub import HubModelUnavailable, require_hub_model
+    from ..indexing.embeddings import MINILM_ALIASES
+
+    try:
+        if text_model not in MINILM_ALIASES:
+            require_hub_model(text_model, "text embedding model", "pass a local sentence-transformers directory, or 'minilm'")
+        if image_model not in ("auto", "text", "surrogate", "image-as-text"):
+            require_hub_model(image_model, "image embedding model", "pass a local CLIP directory, 'text' or 'auto'")
+    except HubModelUnavailable as exc:
+        fail(str(exc))
 
 
 def print_report(report, where: str) -> None:
