@@ -8,21 +8,35 @@ One query a line::
                     {"id": "c2", "modality": "text", "text": "Santa Anita Park is a racetrack ..."}],
      "positives": ["c1"], "answers": ["green"], "qtype": "ImageQ", "keywords": null}
 
-``image_path`` is relative to the JSONL file's folder (see :meth:`Candidate.image_file`). Fields not in the
+``image_path`` is relative to the JSONL file's folder and may not lead outside it (``..``, an absolute path
+or a symlink elsewhere) unless the caller allows it (see :func:`resolve_image_path`). Fields not in the
 schema (e.g. MultimodalQA's ``modalities``) are kept as extra attributes and otherwise ignored.
+
+Files are read as UTF-8 (a BOM is accepted; any other encoding is refused with the line of the first
+invalid byte, as JSON Lines requires UTF-8), gzip-compressed or not (recognised by content). Every problem
+is one :class:`DatasetError` line naming the file, the line and the fix: invalid JSON, nesting deeper than
+:data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INT_DIGITS` digits, lines over
+:data:`MAX_LINE_BYTES`, a ``.gz`` name on a file that is not gzip, a truncated gzip stream.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import zlib
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, BinaryIO, Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["Candidate", "DatasetError", "RerankExample", "read_rerank_examples"]
+__all__ = ["Candidate", "DatasetError", "RerankExample", "load_candidate_image", "read_rerank_examples", "resolve_image_path"]
+
+#: Limits on one JSONL line: nesting depth, digits of an integer, bytes.
+MAX_JSON_DEPTH = 200
+MAX_INT_DIGITS = 64
+MAX_LINE_BYTES = 64 << 20
 
 
 class Candidate(BaseModel):
@@ -67,15 +81,23 @@ class Candidate(BaseModel):
             text = ""
         return "\n".join(part for part in (title, text) if part)
 
-    def image_file(self, data_file: str | Path) -> Path | None:
+    _source: Optional[tuple] = PrivateAttr(default=None)  # (line, qid, index) when read from a file
+
+    def image_file(self, data_file: str | Path, allow_outside: bool = False) -> Path | None:
         """Resolve ``image_path`` against the folder of the JSONL file the candidate was read from.
+
+        Delegates to :func:`resolve_image_path`; a candidate read by :func:`read_rerank_examples` names its
+        line and qid in the error.
 
         Args:
             data_file: The JSONL file (not its folder) that holds this candidate.
+            allow_outside: Allow a path that leads outside the JSONL file's folder.
 
         Returns:
-            The image's path (an absolute ``image_path`` is returned unchanged), or None without an
-            ``image_path``. Existence is not checked.
+            The image's resolved path, or None without an ``image_path``. Existence is not checked.
+
+        Raises:
+            DatasetError: ``image_path`` leads outside the folder and ``allow_outside`` is False.
 
         Example:
             >>> Candidate(id="a", modality="image", image_path="img/a.jpg").image_file("/data/dev.jsonl")
@@ -83,8 +105,9 @@ class Candidate(BaseModel):
         """
         if not self.image_path:
             return None
-        path = Path(self.image_path)
-        return path if path.is_absolute() else Path(data_file).parent / path
+        line, qid, index = self._source or (None, None, None)
+        field = f"candidates[{index}].image_path" if index is not None else "image_path"
+        return resolve_image_path(self.image_path, data_file, allow_outside, line=line, qid=qid, field=field)
 
 
 class RerankExample(BaseModel):
@@ -149,18 +172,111 @@ class RerankExample(BaseModel):
 class DatasetError(ValueError):
     """A rerank-example file cannot be read; the message names the file, the 1-based line, the field and the fix.
 
+    The message is always one line: control characters in the file name, the qid or the problem are escaped.
+
     Attributes:
         path: The file.
         line: 1-based line number (None for file-level problems).
         field: The offending field as a path like ``candidates[2].id`` (None for JSON syntax errors).
         fix: What to change.
+        qid: The query id of the offending example, when known.
     """
 
-    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str, fix: str) -> None:
-        self.path, self.line, self.field, self.problem, self.fix = str(path), line, field, problem, fix
-        where = f"{path}:{line}" if line is not None else str(path)
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str, fix: str,
+                 qid: str | None = None) -> None:
+        self.path, self.line, self.field, self.problem, self.fix, self.qid = str(path), line, field, problem, fix, qid
+        where = _one_line(str(path), 300) + (f":{line}" if line is not None else "")
+        if qid is not None:
+            where += f": qid {_one_line(repr(qid), 80)}"
         what = f"field '{field}': {problem}" if field else problem
-        super().__init__(f"{where}: {what}; fix: {fix}")
+        super().__init__(f"{where}: {_one_line(what, 500)}; fix: {_one_line(fix, 300)}")
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` with control characters escaped, cut to ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bool = False, *, line: int | None = None,
+                       qid: str | None = None, field: str = "image_path") -> Path:
+    """The image a candidate's ``image_path`` names: resolved against the folder of its JSONL file.
+
+    The path (``..`` and symlinks resolved) must stay inside that folder unless ``allow_outside``: a data
+    file from elsewhere cannot make training or evaluation read, e.g., ``../../../../etc/passwd`` or
+    ``/home/me/.ssh/id_rsa``.
+
+    Args:
+        image_path: The candidate's ``image_path`` as written in the file.
+        data_file: The JSONL file (not its folder).
+        allow_outside: Accept a path that leads outside the data file's folder.
+        line: The 1-based line of the candidate's example (named in the error).
+        qid: The example's qid (named in the error).
+        field: The field named in the error, e.g. ``candidates[2].image_path``.
+
+    Returns:
+        The resolved absolute path. Existence is not checked.
+
+    Raises:
+        DatasetError: The path leads outside the folder (and ``allow_outside`` is False), or is not a path.
+
+    Example:
+        >>> resolve_image_path("img/a.jpg", "/data/dev.jsonl")
+        PosixPath('/data/img/a.jpg')
+        >>> resolve_image_path("../../etc/passwd", "/data/dev.jsonl", line=3, qid="q7")
+        Traceback (most recent call last):
+        DatasetError: /data/dev.jsonl:3: qid 'q7': field 'image_path': '../../etc/passwd' leads outside ...
+    """
+    folder = Path(os.path.realpath(Path(data_file).absolute().parent))
+    if "\x00" in image_path:
+        raise DatasetError(data_file, line, field, "contains a NUL character", "give the image's path relative to the data file's folder", qid)
+    resolved = Path(os.path.realpath(folder / image_path))  # an absolute image_path replaces the folder
+    if not allow_outside and not resolved.is_relative_to(folder):
+        raise DatasetError(data_file, line, field, f"{image_path!r} leads outside the data file's folder {folder}",
+                           "keep images in (or under) the folder of the JSONL file, or allow images outside it "
+                           "(allow_outside=True) if you trust this file", qid)
+    return resolved
+
+
+def load_candidate_image(candidate: "Candidate", data_file: str | Path, allow_outside: bool = False,
+                         max_side: int | None = None, max_pixels: int | None = None):
+    """Open a candidate's image safely (see :func:`mmrag_agent.media.load_image`), or say which line is at fault.
+
+    Args:
+        candidate: An image candidate with an ``image_path``.
+        data_file: The JSONL file it was read from.
+        allow_outside: Accept an ``image_path`` that leads outside the data file's folder.
+        max_side: Downscale so that the longer side is at most this.
+        max_pixels: Decompression-bomb guard (default: :data:`mmrag_agent.media.DEFAULT_MAX_IMAGE_PIXELS`).
+
+    Returns:
+        A :class:`mmrag_agent.media.LoadedImage`.
+
+    Raises:
+        DatasetError: No ``image_path``, a path outside the folder, or a missing, unreadable or corrupt image;
+            the message names the file, line, qid and field.
+
+    Example:
+        >>> ex = read_rerank_examples("dev.jsonl")[0]
+        >>> load_candidate_image(ex.candidates[0], "dev.jsonl", max_side=448).image.size
+        (448, 336)
+    """
+    from .media import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, load_image
+
+    line, qid, index = candidate._source or (None, None, None)
+    field = f"candidates[{index}].image_path" if index is not None else "image_path"
+    if not candidate.image_path:
+        raise DatasetError(data_file, line, field, f"candidate '{candidate.id}' has no image_path", "add the image's path", qid)
+    path = candidate.image_file(data_file, allow_outside=allow_outside)
+    try:
+        return load_image(path, max_pixels=max_pixels or DEFAULT_MAX_IMAGE_PIXELS, max_side=max_side)
+    except ImageRejected as exc:
+        raise DatasetError(data_file, line, field, f"image {candidate.image_path!r}: {exc}", "replace or re-export the image, "
+                           "or fix image_path", qid) from None
+    except OSError as exc:
+        raise DatasetError(data_file, line, field, f"image {candidate.image_path!r} cannot be read ({exc.strerror or exc})",
+                           "fix image_path (relative to the data file's folder) or the file's permissions", qid) from None
 
 
 _FIXES = {
@@ -198,24 +314,79 @@ def _dataset_error(path: Path, line: int, exc: ValidationError) -> DatasetError:
 
 
 def iter_jsonl(path: str | Path, fix: str = "write one JSON object a line") -> Iterator[tuple[int, dict]]:
-    """Yield ``(line number, object)`` from a JSONL file (``.gz`` too), skipping blank lines.
+    """Yield ``(line number, object)`` from a JSONL file (gzip-compressed too), skipping blank lines.
 
     Raises:
-        DatasetError: For a line that is not valid JSON or not a JSON object; ``fix`` is the advice given.
+        DatasetError: For a line that is not UTF-8, not valid JSON, not a JSON object, nested deeper than
+            :data:`MAX_JSON_DEPTH`, holding an integer of more than :data:`MAX_INT_DIGITS` digits or longer
+            than :data:`MAX_LINE_BYTES`; for a ``.gz`` name on a file that is not gzip, or a damaged gzip
+            stream. ``fix`` is the advice given for JSON problems.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
+    with open(path, "rb") as raw_file:
+        compressed = raw_file.read(2) == b"\x1f\x8b"
+        raw_file.seek(0)
+        if path.suffix == ".gz" and not compressed:
+            raise DatasetError(path, None, None, "named .gz but not gzip-compressed",
+                               f"rename it to {path.with_suffix('').name} or compress it with gzip")
+        fh: BinaryIO = gzip.GzipFile(fileobj=raw_file) if compressed else raw_file
+        number = 0
+        while True:
+            number += 1
             try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(path, number, None, f"invalid JSON ({exc.msg} at column {exc.colno})", fix) from None
-            if not isinstance(record, dict):
-                raise DatasetError(path, number, None, f"expected a JSON object, got {type(record).__name__}", fix)
-            yield number, record
+                raw = fh.readline(MAX_LINE_BYTES + 1)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise DatasetError(path, number, None, f"damaged gzip data ({exc})", "re-create the .gz file") from None
+            if not raw:
+                return
+            if len(raw) > MAX_LINE_BYTES:
+                raise DatasetError(path, number, None, f"line longer than {MAX_LINE_BYTES >> 20} MiB", fix)
+            record = _parse_line(path, number, raw, fix)
+            if record is not None:
+                yield number, record
+
+
+def _parse_line(path: Path, number: int, raw: bytes, fix: str) -> dict | None:
+    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(path, number, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                           "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT") from None
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(path, number, None, f"invalid JSON ({exc.msg} at column {exc.colno})", fix) from None
+    except RecursionError:
+        raise DatasetError(path, number, None, "JSON nested too deeply", f"nest at most {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # _bounded_int
+        raise DatasetError(path, number, None, str(exc), f"write numbers of at most {MAX_INT_DIGITS} digits (or as strings)") from None
+    if not isinstance(record, dict):
+        raise DatasetError(path, number, None, f"expected a JSON object, got {type(record).__name__}", fix)
+    if _depth(record) > MAX_JSON_DEPTH:
+        raise DatasetError(path, number, None, f"JSON nested more than {MAX_JSON_DEPTH} levels deep", f"nest at most {MAX_JSON_DEPTH} levels")
+    return record
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer with {len(text.lstrip('-'))} digits (more than {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def read_rerank_examples(path: str | Path, limit: int | None = None) -> list[RerankExample]:
@@ -227,7 +398,8 @@ def read_rerank_examples(path: str | Path, limit: int | None = None) -> list[Rer
 
     Returns:
         The examples in file order; ``image_path`` values stay as written (resolve them with
-        :meth:`Candidate.image_file`).
+        :meth:`Candidate.image_file` or :func:`resolve_image_path`; open them with :func:`load_candidate_image`,
+        whose errors name the line and qid).
 
     Raises:
         DatasetError: At the first bad line: invalid JSON, a line that is not an object, a missing field, a
@@ -245,9 +417,12 @@ def read_rerank_examples(path: str | Path, limit: int | None = None) -> list[Rer
         return examples
     for number, record in iter_jsonl(path, fix="write each example as one complete JSON object on a single line"):
         try:
-            examples.append(RerankExample.model_validate(record))
+            example = RerankExample.model_validate(record)
         except ValidationError as exc:
             raise _dataset_error(path, number, exc) from None
+        for index, candidate in enumerate(example.candidates):
+            candidate._source = (number, example.qid, index)
+        examples.append(example)
         if limit is not None and len(examples) >= limit:
             break
     return examples
