@@ -65,6 +65,7 @@ def load_image(
 
     Raises:
         ImageRejected: With a message that names the problem and what to do.
+        OSError: The file cannot be opened (missing, permissions).
 
     Example:
         >>> loaded = load_image("photo.jpg", max_side=1024)
@@ -96,7 +97,7 @@ def load_image(
                 orientation = _orientation(exif)
                 if orientation not in (None, 1):
                     rgb = rgb.transpose(_TRANSPOSE[orientation])  # a new image
-    except ImageRejected:
+    except (ImageRejected, FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except UnidentifiedImageError:
         raise ImageRejected("not a readable image (unknown or corrupt format); re-export or remove the file") from None
