@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
+from .html_text import HTMLText
+from .limits import MAX_DESCRIBING_CHARS, MAX_IMAGE_REFERENCES, MAX_TITLE_CHARS, FileRejected
+
 TEXT_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf"})
-#: Longest document title kept (characters): the title is embedded with every chunk of its document.
-MAX_TITLE_CHARS = 200
-#: Bounds on what one document contributes to image descriptions (hostile pages stay small in memory).
-MAX_DESCRIBING_CHARS = 2000
-MAX_IMAGE_REFERENCES = 10_000
-
-
-class FileRejected(ValueError):
-    """A file that cannot be indexed; the message names the reason and the fix."""
 
 
 @dataclass
@@ -216,79 +209,6 @@ def read_markdown(path: Path, data: bytes, root: Path) -> ParsedDocument:
 
 
 # ---------------------------------------------------------------------------------------------- html
-_MAX_FIGURE_DEPTH = 64
-
-
-class HTMLText(HTMLParser):
-    """Visible text, title and image references of an HTML page; can be fed incrementally (:meth:`take_text`)."""
-
-    _SKIP = {"script", "style", "noscript", "template", "svg"}
-    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
-              "figure", "figcaption", "table", "ul", "ol", "pre", "blockquote", "header", "footer"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title = ""
-        self.images: list[dict] = []
-        self._skip_depth = 0
-        self._in_title = False
-        self._figure_images: list[list[dict]] = []
-        self._caption: list[str] | None = None
-        self._caption_chars = 0
-
-    def handle_starttag(self, tag, attrs):
-        attributes = dict(attrs)
-        if tag in self._SKIP:
-            self._skip_depth += 1
-        elif tag == "title":
-            self._in_title = True
-        elif tag == "img" and attributes.get("src") and len(self.images) < MAX_IMAGE_REFERENCES:
-            image = {"src": attributes["src"][:MAX_DESCRIBING_CHARS], "alt": (attributes.get("alt") or "")[:MAX_DESCRIBING_CHARS],
-                     "title": (attributes.get("title") or "")[:MAX_DESCRIBING_CHARS], "caption": ""}
-            self.images.append(image)
-            if self._figure_images:
-                self._figure_images[-1].append(image)
-        elif tag == "figure":
-            if len(self._figure_images) < _MAX_FIGURE_DEPTH:
-                self._figure_images.append([])
-        elif tag == "figcaption":
-            self._caption, self._caption_chars = [], 0
-        if tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag):
-        if tag in self._SKIP and self._skip_depth:
-            self._skip_depth -= 1
-        elif tag == "title":
-            self._in_title = False
-        elif tag == "figcaption" and self._caption is not None:
-            caption = " ".join("".join(self._caption).split())[:MAX_DESCRIBING_CHARS]
-            for image in self._figure_images[-1] if self._figure_images else []:
-                image["caption"] = caption
-            self._caption = None
-        elif tag == "figure" and self._figure_images:
-            self._figure_images.pop()
-        if tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data):
-        if self._skip_depth:
-            return
-        if self._in_title:
-            if len(self.title) < 4 * MAX_TITLE_CHARS:
-                self.title += data[: 4 * MAX_TITLE_CHARS]
-            return
-        if self._caption is not None and self._caption_chars < MAX_DESCRIBING_CHARS:
-            self._caption.append(data[:MAX_DESCRIBING_CHARS])
-            self._caption_chars += len(self._caption[-1])
-        self.parts.append(data)
-
-    def take_text(self) -> str:
-        """The text gathered since the last call (and forget it)."""
-        text = "".join(self.parts)
-        self.parts.clear()
-        return text
 
 
 def read_html(path: Path, data: bytes, root: Path) -> ParsedDocument:
