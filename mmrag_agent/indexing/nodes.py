@@ -146,7 +146,7 @@ class ChunkSpool:
         self.chars = 0
 
     def add(self, text: str, extra: dict) -> None:
-        self._file.write(json.dumps([text, extra], ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+        self._file.write(json.dumps([text, extra]).encode("ascii") + b"\n")
         self.count += 1
         self.chars += len(text)
 

@@ -214,8 +214,9 @@ def _html_text(texts: Iterable[str]) -> Iterator[str]:
         yield out
 
 
-def _segments(texts: Iterable[str], size: int = SEGMENT_CHARS) -> Iterator[str]:
+def _segments(texts: Iterable[str], size: int | None = None) -> Iterator[str]:
     """Re-cut a text stream into pieces of at most ``size`` characters, at a paragraph, line or word break."""
+    size = size or SEGMENT_CHARS
     buffer = ""
     for text in texts:
         buffer += text
