@@ -118,3 +118,10 @@ def test_html_waits_for_an_unterminated_construct_only_so_long(monkeypatch):
         for _ in range(20):
             page.feed("x" * 100)
     assert MAX_PENDING_CHARS >= 1 << 20
+
+
+def test_numeric_character_references_of_thousands_of_digits_are_not_converted(tmp_path):
+    huge = "&#" + "9" * 5000 + ";"
+    parsed = read_html(tmp_path / "a.html", f"<title>T{huge}</title><p>a{huge}b &#x41; &#65;</p><img src=x.png alt='{huge}'>".encode(), tmp_path)
+    assert parsed.sections[0][0] == "a\ufffdb A A" and parsed.title == "T\ufffd"
+    assert parsed.image_references[0].alt == "\ufffd"

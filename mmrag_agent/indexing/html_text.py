@@ -33,6 +33,13 @@ _GAP = re.compile(r"[\s/]*")  # between attributes: spaces and stray slashes
 _SPACES = re.compile(r"\s*")
 _UNQUOTED = re.compile(r"[^\s>]*")
 _KEPT_ATTRIBUTES = ("src", "alt", "title")
+_LONG_CHARREF = re.compile(r"&#[xX]?[0-9a-fA-F]{9,};?")  # beyond U+10FFFF; thousands of digits would not even convert
+
+
+def unescape(text: str) -> str:
+    """``html.unescape``, with numeric character references too long to be a character replaced by U+FFFD first
+    (``html.unescape`` raises ``ValueError`` on one of more than 4,300 digits)."""
+    return html.unescape(_LONG_CHARREF.sub("\ufffd", text)) if "&#" in text else html.unescape(text)
 
 
 class HTMLText:
@@ -72,7 +79,7 @@ class HTMLText:
     @property
     def title(self) -> str:
         """The page's ``<title>`` text, entities decoded (raw whitespace)."""
-        return html.unescape(self._title)
+        return unescape(self._title)
 
     def take_text(self) -> str:
         """The text gathered since the last call (and forget it)."""
@@ -157,7 +164,7 @@ class HTMLText:
         if tag in _SKIP and self._skip_depth:
             self._skip_depth -= 1
         if tag == "figcaption" and self._caption is not None:
-            caption = " ".join(html.unescape("".join(self._caption)).split())[:MAX_DESCRIBING_CHARS]
+            caption = " ".join(unescape("".join(self._caption)).split())[:MAX_DESCRIBING_CHARS]
             for image in self._figure_images[-1] if self._figure_images else []:
                 image["caption"] = caption
             self._caption = None
@@ -214,4 +221,4 @@ def _start_tag(text: str, start: int) -> tuple[str, dict, bool, int] | None:
                 match = _UNQUOTED.match(text, k)
                 value, k = match.group(), match.end()
         if key in _KEPT_ATTRIBUTES and key not in attributes:
-            attributes[key] = html.unescape(value[:MAX_DESCRIBING_CHARS])[:MAX_DESCRIBING_CHARS]
+            attributes[key] = unescape(value[:MAX_DESCRIBING_CHARS])[:MAX_DESCRIBING_CHARS]

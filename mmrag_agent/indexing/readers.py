@@ -6,13 +6,12 @@ what is wrong with the file and how to fix it. Nothing here embeds or stores any
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
-from .html_text import HTMLText
+from .html_text import HTMLText, unescape
 from .limits import MAX_DESCRIBING_CHARS, MAX_IMAGE_REFERENCES, MAX_TITLE_CHARS, FileRejected
 
 TEXT_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf"})
@@ -216,7 +215,7 @@ def read_html(path: Path, data: bytes, root: Path) -> ParsedDocument:
     parser = HTMLText()
     parser.feed(raw)
     parser.close()
-    lines = (" ".join(line.split()) for line in html.unescape("".join(parser.parts)).splitlines())
+    lines = (" ".join(line.split()) for line in unescape("".join(parser.parts)).splitlines())
     text = "\n".join(line for line in lines if line)
     title = clean_title(parser.title)
     if not text.strip() and title:

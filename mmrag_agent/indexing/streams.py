@@ -189,12 +189,12 @@ def _scan_html(texts: Iterable[str], path: Path, root: Path, info: StreamedText)
 
 def _html_text(texts: Iterable[str]) -> Iterator[str]:
     """Visible text of an HTML stream, one normalised line per line, blank lines dropped (as :func:`read_html`)."""
-    import html
+    from .html_text import unescape
 
     parser = HTMLText()
 
     def normalised(raw: str) -> str:
-        lines = (" ".join(line.split()) for line in html.unescape(raw).splitlines())
+        lines = (" ".join(line.split()) for line in unescape(raw).splitlines())
         return "".join(line + "\n" for line in lines if line)
 
     carry = ""
