@@ -264,3 +264,14 @@ def test_any_exception_from_a_decoder_or_ocr_is_reported_against_its_file(tmp_pa
     report = indexer.run()
     assert set(report.indexed) == {"ok.txt", "utf16.txt"}  # a lone surrogate is replaced, not fatal
     assert "ZeroDivisionError: the OCR engine fell over" in _reasons(report)["photo.png"]
+
+
+def test_the_store_is_never_indexed_not_even_through_a_link(tmp_path, mock_text_model):
+    root = tmp_path / "root"
+    (root / "store" / "qdrant").mkdir(parents=True)
+    (root / "store" / "qdrant" / "planted.txt").write_text("Planted inside the store.")
+    (root / "ok.txt").write_text("Indexed.")
+    os.symlink("store", root / "to-store")
+    os.symlink("store/qdrant", root / "into-store")
+    report = run(root, root / "store", mock_text_model)
+    assert report.indexed == ["ok.txt"] and not report.failed

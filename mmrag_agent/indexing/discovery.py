@@ -156,8 +156,8 @@ class _Walk:
                 return
         else:
             real = os.path.join(parent_real, name)
-        if real in self.excluded:
-            return
+        if any(real == ex or real.startswith(ex.rstrip(os.sep) + os.sep) for ex in self.excluded):
+            return  # the store (or anything in it, reached through a link)
         try:
             st = os.stat(real)
         except OSError as exc:
