@@ -275,3 +275,15 @@ def test_the_store_is_never_indexed_not_even_through_a_link(tmp_path, mock_text_
     os.symlink("store/qdrant", root / "into-store")
     report = run(root, root / "store", mock_text_model)
     assert report.indexed == ["ok.txt"] and not report.failed
+
+
+def test_a_bad_sidecar_caption_names_itself_and_an_empty_one_is_no_caption(tmp_path, mock_text_model):
+    root = tmp_path / "root"
+    root.mkdir()
+    write_image(root / "cat.png")
+    (root / "cat.txt").write_bytes(os.urandom(2048).replace(b"\x00", b"\x01") + b"\x00")
+    write_image(root / "dog.png", color="green")
+    (root / "dog.png.txt").write_bytes(b"")
+    report = run(root, tmp_path / "store", mock_text_model)
+    assert report.indexed == ["dog.png"]
+    assert "its caption file cat.txt: binary content" in _reasons(report)["cat.png"]

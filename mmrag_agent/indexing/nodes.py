@@ -94,8 +94,11 @@ def prepare_file(found: FoundFile, root: Path, on_bytes: Callable[[int], None] |
         else:
             item = PreparedFile(found, hash_stream(fh, on_bytes))
     if found.kind == "image" and found.sidecar is not None:
-        with open_found(found.sidecar) as fh:
-            item.caption = read_sidecar_bytes(read_exactly(fh, min(found.sidecar.size, MAX_SIDECAR_BYTES), allow_more=True))
+        try:
+            with open_found(found.sidecar) as fh:
+                item.caption = read_sidecar_bytes(read_exactly(fh, min(found.sidecar.size, MAX_SIDECAR_BYTES), allow_more=True))
+        except FileRejected as exc:
+            raise FileRejected(f"its caption file {found.sidecar.rel}: {exc}") from None
     return item
 
 
