@@ -146,8 +146,8 @@ def _description(exif: dict) -> str | None:
         description = description[: 4 * MAX_EXIF_DESCRIPTION].decode("utf-8", "replace")
     if not isinstance(description, str):
         return None
-    description = description.strip("\x00 \n\t")[:MAX_EXIF_DESCRIPTION]
-    return description.encode("utf-8", "replace").decode("utf-8") or None
+    description = " ".join("".join(c if c.isprintable() else " " for c in description[: 4 * MAX_EXIF_DESCRIPTION]).split())
+    return description[:MAX_EXIF_DESCRIPTION].encode("utf-8", "replace").decode("utf-8") or None
 
 
 def image_to_png_bytes(image: Image.Image) -> io.BytesIO:

@@ -287,3 +287,27 @@ def test_a_bad_sidecar_caption_names_itself_and_an_empty_one_is_no_caption(tmp_p
     report = run(root, tmp_path / "store", mock_text_model)
     assert report.indexed == ["dog.png"]
     assert "its caption file cat.txt: binary content" in _reasons(report)["cat.png"]
+
+
+def test_hostile_exif_values_are_bounded_and_never_break_the_image(tmp_path, mock_text_model):
+    import warnings
+
+    from PIL import Image
+
+    from mmrag_agent.media import MAX_EXIF_DESCRIPTION, load_image
+
+    root = tmp_path / "root"
+    root.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 9  # no such orientation
+    exif[0x010E] = b"\xff\xfe" + b"\x80" * 30_000  # a 30 kB description that is not UTF-8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_image(root / "odd.jpg", size=(60, 20), exif=exif)
+        loaded = load_image(root / "odd.jpg")
+    assert loaded.exif_orientation is None and (loaded.width, loaded.height) == (60, 20)
+    assert len(loaded.exif_description) <= MAX_EXIF_DESCRIPTION and loaded.exif_description.isprintable()
+    report = run(root, tmp_path / "store", mock_text_model)
+    assert report.indexed == ["odd.jpg"]
+    payload = next(iter(points(tmp_path / "store").values()))
+    assert "exif_orientation" not in payload and len(payload["_node_content"]) < 20_000
