@@ -62,19 +62,38 @@ class HTMLText:
         self._figure_images: list[list[dict]] = []
         self._caption: list[str] | None = None
         self._caption_chars = 0
-        self._pending = ""
+        self._pending: list[str] = []  # an unfinished construct, in pieces
+        self._pending_chars = 0
+        self._needs = ""  # what must arrive before the construct can finish: "-->", ">" or "" (anything)
 
     # -- feeding
     def feed(self, data: str) -> None:
-        text = self._pending + data
-        self._pending = text[self._scan(text, final=False):]
-        if len(self._pending) > MAX_PENDING_CHARS:
-            raise FileRejected(f"HTML with an unterminated tag or comment longer than {MAX_PENDING_CHARS >> 20} MiB; "
-                               "repair the page or remove the file")
+        """Consume the next piece of the page (text only, entities left as they are)."""
+        if self._pending and self._needs and not self._may_finish(data):
+            self._wait(data)  # still unfinished: not scanned again, so a long construct costs linear time
+            return
+        text = "".join(self._pending) + data
+        self._pending, self._pending_chars = [], 0
+        self._wait(text[self._scan(text, final=False):])
 
     def close(self) -> None:
-        text, self._pending = self._pending, ""
+        """Consume what is left at the end of the page (an unfinished construct runs to the end)."""
+        text, self._pending, self._pending_chars = "".join(self._pending), [], 0
         self._scan(text, final=True)
+
+    def _may_finish(self, data: str) -> bool:
+        if self._needs == ">":
+            return ">" in data
+        return "-->" in self._pending[-1][-2:] + data[:2] or "-->" in data
+
+    def _wait(self, text: str) -> None:
+        if not text:
+            return
+        self._pending.append(text)
+        self._pending_chars += len(text)
+        if self._pending_chars > MAX_PENDING_CHARS:
+            raise FileRejected(f"HTML with an unterminated tag or comment longer than {MAX_PENDING_CHARS >> 20} MiB; "
+                               "repair the page or remove the file")
 
     @property
     def title(self) -> str:
@@ -95,12 +114,14 @@ class HTMLText:
             if self._raw is not None:
                 match = _END[self._raw].search(text, i)
                 if match is None:
+                    self._needs = ""
                     keep = n if final else max(i, n - len(self._raw) - 2)  # "</scrip" may be cut at the end
                     self._raw_text(text[i:keep])
                     return keep
                 self._raw_text(text[i:match.start()])
                 close = text.find(">", match.end())
                 if close < 0 and not final:
+                    self._needs = ">"
                     return match.start()
                 self._end_tag(self._raw)
                 self._raw = None
@@ -118,22 +139,26 @@ class HTMLText:
                 if final:
                     self._data("<")
                     return n
+                self._needs = ""
                 return i
             if following in "!?":
                 comment = text.startswith("<!--", i)
                 end = text.find("-->", i + 4) if comment else text.find(">", i + 2)
                 if end < 0:  # unterminated: wait for more, or at the end it runs to the end
+                    self._needs = "-->" if comment else ">"
                     return n if final else i
                 i = end + (3 if comment else 1)
             elif following == "/":
                 end = text.find(">", i + 2)
                 if end < 0:
+                    self._needs = ">"
                     return n if final else i
                 self._end_tag(_NAME.match(text, i + 2).group().lower())
                 i = end + 1
             elif following.isascii() and following.isalpha():
                 tag = _start_tag(text, i + 1)
                 if tag is None:
+                    self._needs = ">"
                     return n if final else i
                 name, attributes, self_closing, i = tag
                 self._start_tag(name, attributes, self_closing)
