@@ -66,7 +66,7 @@ def build_real_size(workdir: Path, dtype: str) -> Path:
 def time_ours(loaded, queries, batch_size):
     from mmrag_agent.postprocessors.stage1 import Stage1RelevanceFilter
 
-    stage1 = Stage1RelevanceFilter(loaded=loaded, top_n=5, batch_size=batch_size)
+    stage1 = Stage1RelevanceFilter(loaded, top_n=5, batch_size=batch_size)
     started = time.perf_counter()
     for query, nodes in queries:
         stage1.postprocess_nodes(nodes, query_str=query)
@@ -89,7 +89,7 @@ def time_llmrerank(loaded, queries, max_new_tokens):
 
 
 def time_generate(loaded, queries, max_new_tokens):
-    from mmrag_agent.models.scoring import YesNoScorer
+    from mmrag_agent.inference import YesNoScorer
     from mmrag_agent.postprocessors.stage1 import node_to_candidate
 
     scorer = YesNoScorer(loaded, batch_size=1)
@@ -103,7 +103,7 @@ def time_generate(loaded, queries, max_new_tokens):
 
 
 def equivalence(loaded, query, nodes) -> float:
-    from mmrag_agent.models.scoring import YesNoScorer
+    from mmrag_agent.inference import YesNoScorer
     from mmrag_agent.postprocessors.stage1 import node_to_candidate
 
     candidates = [node_to_candidate(n.node) for n in nodes]

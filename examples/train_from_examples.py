@@ -99,7 +99,7 @@ def main() -> None:
     # ---- stage 1: zero-shot -> SFT warm start -> GRPO, held-out P@1 / MRR after each
     began = time.perf_counter()
     s1 = train_stage1(Stage1Config(
-        model=args.model, output_dir=str(args.out / "stage1"), max_steps=args.stage1_steps, sft_max_steps=args.sft_steps,
+        model_name_or_path=args.model, output_dir=str(args.out / "stage1"), max_steps=args.stage1_steps, sft_max_steps=args.sft_steps,
         per_device_train_batch_size=args.prompts_per_step * args.generations, max_eval_queries=args.eval_queries,
         sft_batch_size=args.sft_batch_size,
         eval_every=args.eval_every, assistant_prefix=args.assistant_prefix, **common))
@@ -150,8 +150,9 @@ def finish(results: dict, out: Path) -> None:
     print(f"\nwrote {out / 'results.json'}, {out / 'held_out.png'}, and {out}/stage*/training_curves.png")
 
 
-def summarize(card: dict, seconds: float) -> dict:
-    """The numbers of one stage: held-out metrics per phase, warm start, GRPO speed, wall clock."""
+def summarize(card, seconds: float) -> dict:
+    """The numbers of one stage (from its ``ModelCard``): held-out metrics per phase, warm start, GRPO speed, wall clock."""
+    card = card.training
     phases: dict = {}
     for record in card["held_out_history"]:
         phases[record["phase"]] = {k: v for k, v in record.items() if k != "phase"}

@@ -1,21 +1,29 @@
-"""Prompts of the two stages (SPEC §2–3), shared by inference and training so that they never drift apart.
+"""Prompts of the two stages (SPEC §2–4), built here for training, held-out evaluation and serving alike.
 
-A candidate is shown as its image (for vision-language models) followed by its text surrogate, or as its
-text with its title. Stage 2 shows the query and K candidates numbered ``[1]..[K]`` and asks for ``<think>``,
-``<rank>`` and ``<answer>`` in that order. The instruction and the query come first, so that the prompts of one query share a
-prefix. Stage 1 answers ``<answer>yes</answer>`` or ``<answer>no</answer>``; at inference the assistant turn is
-pre-filled with ``<answer>`` and the next token's {yes, no} logits give P(relevant).
+A candidate is shown as a :class:`CandidateView`: its image (for vision-language models) followed by its text
+surrogate, or its text with its title. :func:`candidate_view` makes one from a rerank example's candidate
+(image paths resolved against the data file); LlamaIndex nodes are converted by the postprocessors. Stage 1
+judges one (query, candidate) pair; stage 2 shows the query and K candidates numbered ``[1]..[K]``. The
+instruction and the query come first, so that the prompts of one query share a prefix. What the model writes,
+and what its assistant turn is pre-filled with, is :mod:`mmrag_agent.format`; a trained model's prefix and
+budgets come from its :mod:`model card <mmrag_agent.model_card>`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-RANK_OPEN, RANK_CLOSE = "<rank>", "</rank>"
-YES, NO = "yes", "no"
+from .format import ANSWER_CLOSE, ANSWER_OPEN, RANK_CLOSE, RANK_OPEN, THINK_CLOSE, THINK_OPEN, candidate_marker
+
+logger = logging.getLogger(__name__)
+
+#: Version of the prompt text below; recorded in model cards. Change it whenever a prompt's wording changes.
+PROMPT_VERSION = "1"
+#: Token budget of the question in a prompt (a longer one is cut, with a warning).
+DEFAULT_MAX_QUERY_TOKENS = 512
 
 STAGE1_SYSTEM = "You judge whether a retrieved candidate helps answer a question."
 STAGE1_INSTRUCTION = "Decide whether the candidate below is relevant to the question, judging this candidate alone."
@@ -35,12 +43,59 @@ class CandidateView:
         title: Optional title.
         image: A PIL image or a path, for vision-language models; None for text.
         modality: ``"text"`` or ``"image"``.
+        key: An identity (node id, candidate id): stage-2 results are remembered per query and keys.
     """
 
     text: str = ""
     title: str | None = None
     image: Any = None
     modality: str = "text"
+    key: str | None = None
+
+
+def candidate_view(candidate: Any, data_file: str | Path | None = None, with_image: bool = True,
+                   allow_outside: bool = False) -> CandidateView:
+    """How a rerank example's candidate is shown to the models (training, held-out evaluation, ``mmrag eval``).
+
+    Args:
+        candidate: A :class:`mmrag_agent.schema.Candidate`.
+        data_file: The JSONL file the candidate was read from: a relative ``image_path`` is resolved against
+            its folder (never against the working directory).
+        with_image: Attach the image file (for vision-language models); else the view is text only.
+        allow_outside: Let ``image_path`` point outside the data file's folder.
+
+    Returns:
+        The :class:`CandidateView`; its ``image`` is the resolved file path, or None.
+
+    Raises:
+        mmrag_agent.schema.DatasetError: ``with_image`` and the image file is missing or outside the folder.
+
+    Example:
+        >>> candidate_view(Candidate(id="c1", modality="image", text="A red logo", image_path="img/c1.jpg"),
+        ...                "data/train.jsonl").image
+        'data/img/c1.jpg'
+    """
+    image = None
+    if with_image and candidate.image_path:
+        if data_file is None:
+            raise ValueError(f"candidate {candidate.id!r}: pass data_file= (the JSONL it was read from) to resolve its image_path")
+        from .schema import resolve_image_path
+
+        image = str(resolve_image_path(candidate.image_path, data_file, allow_outside, field=f"image_path of candidate {candidate.id!r}"))
+    return CandidateView(text=candidate.text or "", title=candidate.title, image=image, modality=candidate.modality,
+                         key=candidate.id)
+
+
+def cut_query(query: str, tokenizer=None, max_tokens: int | None = DEFAULT_MAX_QUERY_TOKENS) -> str:
+    """The question cut to ``max_tokens`` tokens of ``tokenizer`` (with a warning), so a huge question cannot
+    exhaust the model's window or the memory; unchanged when it fits or without a tokenizer."""
+    if tokenizer is None or not max_tokens or len(query) <= max_tokens:  # a token is at least one character
+        return query
+    ids = tokenizer(query, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return query
+    logger.warning("the question has %d tokens; only its first %d are shown to the model", len(ids), max_tokens)
+    return tokenizer.decode(ids[:max_tokens]).rstrip() + " ..."
 
 
 def candidate_text(candidate: CandidateView, tokenizer=None, max_tokens: int | None = 256) -> str:
@@ -60,7 +115,8 @@ def candidate_text(candidate: CandidateView, tokenizer=None, max_tokens: int | N
 
 
 def stage1_messages(query: str, candidate: CandidateView, with_image: bool, tokenizer=None,
-                    max_text_tokens: int | None = 256, reasoning: bool = False) -> list[dict]:
+                    max_text_tokens: int | None = 256, reasoning: bool = False,
+                    max_query_tokens: int | None = DEFAULT_MAX_QUERY_TOKENS) -> list[dict]:
     """Chat messages for one (query, candidate) judgement.
 
     Args:
@@ -70,8 +126,9 @@ def stage1_messages(query: str, candidate: CandidateView, with_image: bool, toke
         tokenizer: Used to cut the candidate text to ``max_text_tokens``.
         max_text_tokens: Token budget of the candidate text.
         reasoning: Ask for ``<think>`` reasoning before the answer.
+        max_query_tokens: Token budget of the question (:func:`cut_query`).
     """
-    prefix = f"{STAGE1_INSTRUCTION}\n\nQuestion: {query}\n\n"
+    prefix = f"{STAGE1_INSTRUCTION}\n\nQuestion: {cut_query(query, tokenizer, max_query_tokens)}\n\n"
     body = candidate_text(candidate, tokenizer, max_text_tokens)
     ask = STAGE1_ASK_REASONING if reasoning else STAGE1_ASK
     if with_image and candidate.image is not None:
@@ -94,16 +151,6 @@ STAGE2_ASK = (
 )
 
 
-def candidate_marker(position: int) -> str:
-    """The short id that names the candidate at 1-based ``position`` in a stage-2 prompt.
-
-    Example:
-        >>> candidate_marker(3)
-        '[3]'
-    """
-    return f"[{position}]"
-
-
 def stage2_instruction(num_candidates: int) -> str:
     """The task sentence placed before the question, naming the id range ``[1]..[K]``.
 
@@ -116,7 +163,7 @@ def stage2_instruction(num_candidates: int) -> str:
 
 
 def stage2_messages(query: str, candidates: Sequence[CandidateView], with_images: bool, tokenizer=None,
-                    max_text_tokens: int | None = 256) -> list[dict]:
+                    max_text_tokens: int | None = 256, max_query_tokens: int | None = DEFAULT_MAX_QUERY_TOKENS) -> list[dict]:
     """Chat messages for one stage-2 judgement: rank the K candidates and answer the query.
 
     Args:
@@ -127,6 +174,7 @@ def stage2_messages(query: str, candidates: Sequence[CandidateView], with_images
             in the same order. Otherwise images are shown by their text surrogate only.
         tokenizer: Used to cut each candidate's text to ``max_text_tokens`` tokens (no cut without it).
         max_text_tokens: Token budget of each candidate's text.
+        max_query_tokens: Token budget of the question (:func:`cut_query`).
 
     Returns:
         ``[{"role": "system", ...}, {"role": "user", ...}]``. The user content is a string, or a list of
@@ -144,6 +192,7 @@ def stage2_messages(query: str, candidates: Sequence[CandidateView], with_images
     """
     if not candidates:
         raise ValueError("stage 2 needs at least one candidate")
+    query = cut_query(query, tokenizer, max_query_tokens)
     parts: list[dict[str, Any]] = [{"type": "text", "text": f"{stage2_instruction(len(candidates))}\n\nQuestion: {query}\n\nCandidates:\n"}]
     for position, cand in enumerate(candidates, start=1):
         body = candidate_text(cand, tokenizer, max_text_tokens)

@@ -83,7 +83,7 @@ class Candidate(BaseModel):
 
     _source: Optional[tuple] = PrivateAttr(default=None)  # (line, qid, index) when read from a file
 
-    def image_file(self, data_file: str | Path, allow_outside: bool = False) -> Path | None:
+    def image_file(self, data_file: str | Path, allow_outside: bool = False, must_exist: bool = False) -> Path | None:
         """Resolve ``image_path`` against the folder of the JSONL file the candidate was read from.
 
         Delegates to :func:`resolve_image_path`; a candidate read by :func:`read_rerank_examples` names its
@@ -92,12 +92,14 @@ class Candidate(BaseModel):
         Args:
             data_file: The JSONL file (not its folder) that holds this candidate.
             allow_outside: Allow a path that leads outside the JSONL file's folder.
+            must_exist: Also require the file to exist.
 
         Returns:
-            The image's resolved path, or None without an ``image_path``. Existence is not checked.
+            The image's resolved path, or None without an ``image_path``.
 
         Raises:
-            DatasetError: ``image_path`` leads outside the folder and ``allow_outside`` is False.
+            DatasetError: ``image_path`` leads outside the folder and ``allow_outside`` is False, or (with
+                ``must_exist``) names no file; the message names the line and qid of a candidate read from a file.
 
         Example:
             >>> Candidate(id="a", modality="image", image_path="img/a.jpg").image_file("/data/dev.jsonl")
@@ -107,7 +109,7 @@ class Candidate(BaseModel):
             return None
         line, qid, index = self._source or (None, None, None)
         field = f"candidates[{index}].image_path" if index is not None else "image_path"
-        return resolve_image_path(self.image_path, data_file, allow_outside, line=line, qid=qid, field=field)
+        return resolve_image_path(self.image_path, data_file, allow_outside, field, must_exist=must_exist, line=line, qid=qid)
 
 
 class RerankExample(BaseModel):
@@ -199,8 +201,8 @@ def _one_line(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bool = False, *, line: int | None = None,
-                       qid: str | None = None, field: str = "image_path") -> Path:
+def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bool = False, field: str = "image_path", *,
+                       must_exist: bool = True, line: int | None = None, qid: str | None = None) -> Path:
     """The image a candidate's ``image_path`` names: resolved against the folder of its JSONL file.
 
     The path (``..`` and symlinks resolved) must stay inside that folder unless ``allow_outside``: a data
@@ -211,18 +213,20 @@ def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bo
         image_path: The candidate's ``image_path`` as written in the file.
         data_file: The JSONL file (not its folder).
         allow_outside: Accept a path that leads outside the data file's folder.
+        field: The field named in the error, e.g. ``candidates[2].image_path``.
+        must_exist: Also require the file to exist.
         line: The 1-based line of the candidate's example (named in the error).
         qid: The example's qid (named in the error).
-        field: The field named in the error, e.g. ``candidates[2].image_path``.
 
     Returns:
-        The resolved absolute path. Existence is not checked.
+        The resolved absolute path.
 
     Raises:
-        DatasetError: The path leads outside the folder (and ``allow_outside`` is False), or is not a path.
+        DatasetError: The path leads outside the folder (and ``allow_outside`` is False), is not a path, or (with
+            ``must_exist``) names no file.
 
     Example:
-        >>> resolve_image_path("img/a.jpg", "/data/dev.jsonl")
+        >>> resolve_image_path("img/a.jpg", "/data/dev.jsonl")  # if /data/img/a.jpg exists
         PosixPath('/data/img/a.jpg')
         >>> resolve_image_path("../../etc/passwd", "/data/dev.jsonl", line=3, qid="q7")
         Traceback (most recent call last):
@@ -236,6 +240,9 @@ def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bo
         raise DatasetError(data_file, line, field, f"{image_path!r} leads outside the data file's folder {folder}",
                            "keep images in (or under) the folder of the JSONL file, or allow images outside it "
                            "(allow_outside=True) if you trust this file", qid)
+    if must_exist and not resolved.is_file():
+        raise DatasetError(data_file, line, field, f"image file {resolved} does not exist",
+                           "fix image_path (relative to the data file's folder) or use the model without images", qid)
     return resolved
 
 
@@ -268,7 +275,7 @@ def load_candidate_image(candidate: "Candidate", data_file: str | Path, allow_ou
     field = f"candidates[{index}].image_path" if index is not None else "image_path"
     if not candidate.image_path:
         raise DatasetError(data_file, line, field, f"candidate '{candidate.id}' has no image_path", "add the image's path", qid)
-    path = candidate.image_file(data_file, allow_outside=allow_outside)
+    path = candidate.image_file(data_file, allow_outside=allow_outside, must_exist=True)
     try:
         return load_image(path, max_pixels=max_pixels or DEFAULT_MAX_IMAGE_PIXELS, max_side=max_side)
     except ImageRejected as exc:

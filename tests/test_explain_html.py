@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from browser import INSTALL_HINT, find_chromium, screenshot
 from files import write_image, write_png_declaring
 from mmrag_agent.explain import CandidateEvidence, ExplainedAnswer
-from mmrag_agent.explain_html import EXCERPT_CHARS, render_explanation_html, write_explanation_html
+from mmrag_agent.explain.html import EXCERPT_CHARS, render_explanation_html, write_explanation_html
 
 MAGENTA = (255, 0, 255)  # the chart's colour: the page's own CSS never uses it, so it proves the image rendered
 EVIL_TEXT = "Q3 revenue was $4.1M. <script>alert('pwned')</script> " + "The quarter closed strongly. " * 20

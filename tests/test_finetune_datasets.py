@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mmrag_agent.schema import DatasetError
 from mmrag_agent.finetune.datasets import split_by_question, stage1_records, stage2_records, to_dataset
 from mmrag_agent.prompts import stage2_messages
 from mmrag_agent.prompts import CandidateView
@@ -123,7 +124,7 @@ def test_stage1_with_images_adds_the_image_path_and_an_image_part(tmp_path):
     assert len(ds) == len(records) and "image" in ds.column_names
     assert [row["image"] for row in ds] == [r.get("image") for r in records]
     (tmp_path / "img" / "a.png").unlink()
-    with pytest.raises(FileNotFoundError, match="'a'"):
+    with pytest.raises(DatasetError, match="image_path of candidate 'a'.*does not exist"):
         stage1_records(read_rerank_examples(data), with_images=True, data_file=data)
 
 

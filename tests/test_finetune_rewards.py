@@ -18,7 +18,7 @@ from mmrag_agent.finetune.rewards import (
     completion_text, stage1_accuracy_reward, stage1_format_reward, stage1_total_reward, stage2_answer_reward,
     stage2_format_reward, stage2_rank_reward, stage2_total_reward,
 )
-from mmrag_agent.postprocessors.stage2_output import parse_stage2_output
+from mmrag_agent.format import parse_stage2_output
 
 # --- stage 1 ------------------------------------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ def test_image_path_inside_the_folder_resolves_against_it_not_the_working_direct
 
 
 @pytest.mark.parametrize("content, words", [(b"", "not a readable image"), (b"\x89PNG\r\n\x1a\n" + os.urandom(64), "image"),
-                                            (None, "cannot be read")])
+                                            (None, "does not exist")])
 def test_a_bad_image_names_the_line_and_the_qid(tmp_path, content, words):
     (tmp_path / "img").mkdir()
     if content is not None:

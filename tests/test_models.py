@@ -10,7 +10,7 @@ from files import write_image
 
 from mmrag_agent.models import ModelLoadError, load_model
 from mmrag_agent.models.processors import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
-from mmrag_agent.models.scoring import AnswerTokenError, YesNoScorer, answer_token_ids
+from mmrag_agent.inference.scoring import AnswerTokenError, YesNoScorer, answer_token_ids
 from mmrag_agent.prompts import CandidateView
 
 QUERY = "Which city hosted the 1992 Summer Olympics?"
@@ -53,8 +53,8 @@ def test_vlm_loads_with_image_only_processor_and_batched_scores_match_unbatched(
 ])
 def test_other_vlm_families_score_pixels_and_generate(fixture, processor_name, image_marker, request, tmp_path):
     """LLaVA-style and Idefics3 (SmolVLM) models go through the same code as Qwen-VL: stock processors, no fallback."""
-    from mmrag_agent.postprocessors.stage1 import Stage1RelevanceFilter
-    from mmrag_agent.postprocessors.stage2 import Stage2Model
+    from mmrag_agent.inference import Stage2Model
+    from mmrag_agent.postprocessors import Stage1RelevanceFilter, node_view
     from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
 
     loaded = load_model(request.getfixturevalue(fixture), max_pixels=112 * 112)
@@ -76,9 +76,9 @@ def test_other_vlm_families_score_pixels_and_generate(fixture, processor_name, i
     image = write_image(tmp_path / "stadium.png", size=(224, 224), color="green")
     nodes = [NodeWithScore(node=ImageNode(image_path=str(image), text="the Olympic stadium"), score=0.5),
              NodeWithScore(node=TextNode(text="Barcelona hosted the 1992 Summer Olympics."), score=0.4)]
-    kept = Stage1RelevanceFilter(loaded=loaded, top_n=2).postprocess_nodes(nodes, query_str=QUERY)
+    kept = Stage1RelevanceFilter(loaded, top_n=2).postprocess_nodes(nodes, query_str=QUERY)
     assert all(0.0 < n.node.metadata["relevance_probability"] < 1.0 for n in kept)
-    assert Stage2Model(loaded, max_new_tokens=6).run(QUERY, nodes).output.raw  # generation with images runs
+    assert Stage2Model(loaded, max_new_tokens=6).run(QUERY, [node_view(n.node) for n in nodes]).raw  # generation with images runs
 
 
 def test_special_tokens_are_added_as_transformers_chat_flow_adds_them(tiny_llava_dir, tiny_qwen2_dir):
@@ -169,11 +169,24 @@ def test_peft_adapter_directory_loads_on_its_base(tiny_qwen2_dir, tmp_path):
     assert not torch.allclose(plain, adapted)  # the adapter's (non-zero) weights are applied
 
 
-def test_missing_model_error_names_the_model_and_the_fix(tmp_path):
-    with pytest.raises(ModelLoadError, match=r"cannot load model '.*no-such-model'.*smollm2"):
+def test_missing_model_error_names_the_model_and_the_fix(tmp_path, monkeypatch):
+    import time
+
+    with pytest.raises(ModelLoadError, match=r"no model at .*no-such-model: that path does not exist; .*smollm2"):
         load_model(tmp_path / "no-such-model")
+    with pytest.raises(ModelLoadError, match=r"no model at \./no-such-run: that path does not exist"):
+        load_model("./no-such-run")  # not "Repo id must be in the form ..."
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "missing.gguf")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=r"cannot load model .*empty.*smollm2"):
+        load_model(tmp_path / "empty")  # a folder that holds no model
+    # a hub id that is not cached, with the hub unreachable: a one-line error at once, not a retry storm
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"'no-such-org/no-such-model' is not in the local cache .* offline"):
+        load_model("no-such-org/no-such-model")
+    assert time.perf_counter() - started < 5
 
 
 def test_smollm2_preset_loads_offline_from_the_wheel_gguf():

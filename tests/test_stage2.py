@@ -11,11 +11,10 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
 
 from mmrag_agent.engine import MMRAGQueryEngine
-from mmrag_agent.explain import ExplainedAnswer
+from mmrag_agent.explain import NO_ANSWER, ExplainedAnswer, build_explained_answer
+from mmrag_agent.inference import Stage2Model
 from mmrag_agent.models import load_model
-from mmrag_agent.postprocessors.stage1 import Stage1RelevanceFilter
-from mmrag_agent.postprocessors.stage2 import Stage2ListwiseReranker, Stage2Model
-from mmrag_agent.postprocessors.synthesizer import NO_ANSWER, ExplainableSynthesizer
+from mmrag_agent.postprocessors import ExplainableSynthesizer, Stage1RelevanceFilter, Stage2ListwiseReranker, node_view
 
 QUERY = "Which city hosted the 1992 Summer Olympics?"
 
@@ -32,21 +31,54 @@ def tiny_vlm(tiny_qwen2_vl_dir):
     return load_model(tiny_qwen2_vl_dir, max_pixels=224 * 224)
 
 
+def views(nodes):
+    return [node_view(n.node) for n in nodes]
+
+
 def test_a_well_formed_completion_maps_to_nodes_ranking_citations_and_evidence(tiny_vlm, tmp_path):
     stage2 = Stage2Model(tiny_vlm)
     nodes = candidates(tmp_path)
     completion = "The third passage names the city; the stadium photo supports it.</think>\n<rank>[3] > [2]</rank>\n<answer>Barcelona [3], see also [2].</answer>"
-    result = stage2._finish(QUERY, nodes, completion)  # the real parser on a hand-written completion
-    assert [n.node.node_id for n in result.ranked] == [nodes[2].node.node_id, nodes[1].node.node_id]
-    assert [n.node.node_id for n in result.cited] == [nodes[2].node.node_id, nodes[1].node.node_id]
-    meta = result.metadata()
-    assert meta["answer"] == "Barcelona [3], see also [2]." and meta["format_ok"] and not meta["used_fallback"]
-    assert meta["reasoning"].startswith("The third passage")
-    assert [n.node.node_id for n in result.sources] == [nodes[2].node.node_id, nodes[1].node.node_id, nodes[0].node.node_id]
+    output = stage2.finish(QUERY, views(nodes), completion)  # the real parser on a hand-written completion
+    assert output.ranking == [3, 2] and output.cited == [3, 2]
+    assert output.answer == "Barcelona [3], see also [2]." and output.format_ok and not output.used_fallback
+    assert output.reasoning.startswith("The third passage")
+    keys = tuple(n.node.node_id for n in nodes)
+    explained = build_explained_answer(QUERY, nodes, (keys, output))
+    assert [c.node_id for c in explained.candidates] == [keys[2], keys[1], keys[0]]  # ranked first, in rank order
+    assert [c.stage2_rank for c in explained.candidates] == [1, 2, None] and [c.cited for c in explained.candidates] == [True, True, False]
+    assert stage2.recall(QUERY, [keys[2]]) == (keys, output)  # a synthesizer after a reranker finds this judgement
+
+
+def test_unusable_output_falls_back_to_the_incoming_stage1_order_not_reversed(tiny_vlm, tmp_path):
+    nodes = candidates(tmp_path)
+    by_stage1 = [nodes[2], nodes[0], nodes[1]]  # the order stage 1 passed them on
+    stage2 = Stage2Model(tiny_vlm)
+    output = stage2.finish(QUERY, views(by_stage1), "no tags at all")
+    assert output.used_fallback and output.ranking == [1, 2, 3]
+    reranker = Stage2ListwiseReranker(stage2)
+    stage2.remember(QUERY, views(by_stage1), output)  # served from the cache: the reranker maps it to nodes
+    kept = reranker.postprocess_nodes(by_stage1, query_str=QUERY)
+    assert [n.node.node_id for n in kept] == [n.node.node_id for n in by_stage1]
+    assert [n.node.metadata["stage2_rank"] for n in kept] == [1, 2, 3]
+
+
+def test_streamed_deltas_are_exactly_the_answer_span():
+    from mmrag_agent.format import parse_stage2_output
+    from mmrag_agent.inference.stage2 import answer_deltas
+
+    completion = "reasoning</think><rank>[2] > [1]</rank><answer>  Barcelona hosted [2] it.  </answer>"
+    expected = parse_stage2_output("<think>" + completion, 2).answer
+    for size in range(1, len(completion) + 1):  # every way of cutting the stream into chunks of one size
+        chunks = [completion[i:i + size] for i in range(0, len(completion), size)]
+        deltas = list(answer_deltas(chunks, prefix="<think>"))
+        assert "".join(deltas) == expected, size
+        assert not any("<" in d or ">" in d for d in deltas)  # no tag, no partial </answer>
+    assert list(answer_deltas(["<think>x</think><rank>[1]</rank>", "<answer>Ro", "me</ans"])) == ["Ro", "me"]
 
 
 def test_prompt_shows_every_image_to_a_vlm_after_the_query(tiny_vlm, tmp_path):
-    prompt, images = Stage2Model(tiny_vlm).prompt(QUERY, candidates(tmp_path))
+    prompt, images = Stage2Model(tiny_vlm).prompt(QUERY, views(candidates(tmp_path)))
     assert prompt.count("<|image_pad|>") == len(images) == 1
     after_query = prompt.index(QUERY)
     first, second = prompt.index("[1]", after_query), prompt.index("[2]", after_query)
@@ -57,11 +89,11 @@ def test_prompt_shows_every_image_to_a_vlm_after_the_query(tiny_vlm, tmp_path):
 def test_reranker_and_synthesizer_share_one_generation(tiny_vlm, tmp_path):
     stage2 = Stage2Model(tiny_vlm, max_new_tokens=8)
     nodes = candidates(tmp_path)
-    reranked = Stage2ListwiseReranker(stage2=stage2).postprocess_nodes(nodes, query_str=QUERY)
+    reranked = Stage2ListwiseReranker(stage2).postprocess_nodes(nodes, query_str=QUERY)
     assert reranked and all("stage2_rank" in n.node.metadata for n in reranked)
-    response = ExplainableSynthesizer(stage2=stage2).synthesize(QUERY, reranked)
+    response = ExplainableSynthesizer(stage2).synthesize(QUERY, reranked)
     assert stage2.generations == 1  # the synthesizer found the reranker's judgement
-    for key in ("reasoning", "ranking", "cited_node_ids", "raw_output", "warnings"):
+    for key in ("explanation", "reasoning", "ranking", "cited_node_ids", "raw_output", "warnings"):
         assert key in response.metadata
     # 8 random tokens are never well formed: the fallback (stage-1 order) is used and said
     assert response.metadata["used_fallback"] and any("fell back" in w for w in response.metadata["warnings"])
@@ -70,22 +102,25 @@ def test_reranker_and_synthesizer_share_one_generation(tiny_vlm, tmp_path):
 
 
 def test_batched_generation_equals_one_query_at_a_time(tiny_vlm, tmp_path):
-    nodes = candidates(tmp_path)
+    nodes = views(candidates(tmp_path))
     requests = [(QUERY, nodes), ("What sits on the mat?", nodes[:1]), ("Where is the stadium?", nodes[1:])]  # 1, 0, 1 images
     batched = Stage2Model(tiny_vlm, max_new_tokens=12).run_many(requests, batch_size=3)
     single = [Stage2Model(tiny_vlm, max_new_tokens=12).run(q, n) for q, n in requests]
-    assert [r.output.raw for r in batched] == [r.output.raw for r in single]
-    assert all(r.output.raw for r in batched)
+    assert [r.raw for r in batched] == [r.raw for r in single]
+    assert all(r.raw for r in batched)
     with pytest.raises(ValueError, match="batch_size"):
         Stage2Model(tiny_vlm).run_many(requests, batch_size=0)
 
 
 def test_synthesizer_streams_and_fills_metadata_at_the_end(tiny_vlm, tmp_path):
     stage2 = Stage2Model(tiny_vlm, max_new_tokens=8)
-    response = ExplainableSynthesizer(stage2=stage2, streaming=True).synthesize(QUERY, candidates(tmp_path))
+    response = ExplainableSynthesizer(stage2, streaming=True).synthesize(QUERY, candidates(tmp_path))
     assert isinstance(response, StreamingResponse)
-    "".join(response.response_gen)
+    streamed = "".join(response.response_gen)
     assert "ranking" in response.metadata and stage2.generations == 1
+    assert streamed == (response.metadata["answer"] or NO_ANSWER)
+    empty = ExplainableSynthesizer(stage2, streaming=True).synthesize(QUERY, [])  # the base class's empty stream
+    assert isinstance(empty, StreamingResponse) and "".join(empty.response_gen) == "Empty Response"
 
 
 def test_synthesizer_async_and_in_a_standard_llamaindex_engine(tiny_vlm, tmp_path):
@@ -97,11 +132,13 @@ def test_synthesizer_async_and_in_a_standard_llamaindex_engine(tiny_vlm, tmp_pat
         def _retrieve(self, query_bundle):
             return nodes
 
-    synthesizer = ExplainableSynthesizer(stage2=Stage2Model(tiny_vlm, max_new_tokens=8))
+    synthesizer = ExplainableSynthesizer(Stage2Model(tiny_vlm, max_new_tokens=8))
     engine = RetrieverQueryEngine(FixedRetriever(), response_synthesizer=synthesizer,
-                                  node_postprocessors=[Stage1RelevanceFilter(loaded=tiny_vlm, top_n=2)])
+                                  node_postprocessors=[Stage1RelevanceFilter(tiny_vlm, top_n=2)])
     response = asyncio.run(engine.aquery(QUERY))
     assert len(response.source_nodes) == 2 and "reasoning" in response.metadata
+    explained = response.metadata["explanation"]  # built from what the nodes carry, however assembled
+    assert len(explained.candidates) == 2 and all(c.stage1_probability is not None for c in explained.candidates)
 
 
 @pytest.fixture
@@ -121,31 +158,39 @@ def indexed(tmp_path):
 
 
 def test_engine_answers_with_evidence_for_every_candidate(indexed, tiny_vlm):
-    engine = MMRAGQueryEngine(indexed, Stage1RelevanceFilter(loaded=tiny_vlm, top_n=None), Stage2Model(tiny_vlm, max_new_tokens=8),
-                              k_text=5, k_image=5, keep=2)
+    engine = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=2, max_new_tokens=8)
+    assert [type(p).__name__ for p in engine._node_postprocessors] == ["Stage1RelevanceFilter", "Stage2ListwiseReranker"]
     response = engine.query(QUERY)
     explained = response.metadata["explanation"]
     assert isinstance(explained, ExplainedAnswer) and str(response) == explained.answer
     assert {c.source for c in explained.candidates} == {"olympics.txt", "cats.txt", "stadium.png"}
-    assert sum(c.kept_by_stage1 for c in explained.candidates) == 2
+    assert sum(c.kept_by_stage1 for c in explained.candidates) == 2  # "score every candidate, keep n"
     assert all(0 < c.stage1_probability < 1 for c in explained.candidates)
     kept = [c for c in explained.candidates if c.kept_by_stage1]
     assert sorted(c.stage2_position for c in kept) == [1, 2]
+    assert all(c.stage2_position is None for c in explained.candidates if not c.kept_by_stage1)
     assert set(explained.timings) == {"retrieve", "stage1", "stage2"}
     image = next(c for c in explained.candidates if c.modality == "image")
     assert image.image_path.endswith("stadium.png") and "Olympic stadium" in image.text
+    # without score_all, stage 1 drops the others as in any LlamaIndex app: they are not in the evidence
+    lean = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=2, max_new_tokens=8, score_all=False)
+    assert len(lean.explain(QUERY).candidates) == 2
+    # stage 1's top_n is what the engine keeps (it is not ignored)
+    one = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=1, max_new_tokens=8)
+    assert sum(c.kept_by_stage1 for c in one.explain(QUERY).candidates) == 1
+    with pytest.raises(ValueError, match="empty"):
+        engine.query("   ")
 
 
 def test_engine_streams_async_and_works_as_an_agent_tool(indexed, tiny_vlm):
-    engine = MMRAGQueryEngine(indexed, Stage1RelevanceFilter(loaded=tiny_vlm, top_n=None), Stage2Model(tiny_vlm, max_new_tokens=8),
-                              keep=2, streaming=True)
+    engine = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, keep=2, max_new_tokens=8, streaming=True)
     streamed = engine.query(QUERY)
     assert isinstance(streamed, StreamingResponse)
     "".join(streamed.response_gen)
     assert isinstance(streamed.metadata["explanation"], ExplainedAnswer)
-    engine.streaming = False
-    assert isinstance(asyncio.run(engine.aquery(QUERY)).metadata["explanation"], ExplainedAnswer)
-    tool = engine.as_tool()
+    plain = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, keep=2, max_new_tokens=8)
+    assert isinstance(asyncio.run(plain.aquery(QUERY)).metadata["explanation"], ExplainedAnswer)
+    tool = plain.as_tool()
     assert tool.metadata.name == "multimodal_document_search"
     output = tool.call(QUERY)
     assert output.raw_output.metadata["explanation"].question == QUERY

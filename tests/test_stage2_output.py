@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from mmrag_agent.postprocessors.stage2_output import Stage2Output, format_reward_ok, parse_stage2_output
+from mmrag_agent.format import Stage2Output, parse_stage2_output
+from mmrag_agent.format import stage2_format_ok as format_reward_ok
 
 GOOD = "<think>[3] shows the logo.</think><rank>[3] > [1]</rank><answer>Green [3].</answer>"
 
@@ -164,3 +165,36 @@ def test_fuzz_never_raises():
         assert out.used_fallback or out.ranking
         if not out.format_ok:
             assert out.warnings, text
+
+
+N = 200_000  # a quadratic scanner needs minutes on inputs this long; a linear one well under a second
+HOSTILE = {
+    "lt-then-spaces": "<" + " " * N + "x",
+    "close-slash-spaces": "< /" + " " * N + "x",
+    "unclosed-brackets-in-rank": "<rank>" + "[" * N,
+    "bracket-digit-runs-in-rank": "<rank>" + "[1" * N + "</rank>",
+    "nested-brackets-then-close": "<answer>" + "[" * N + "1]</answer>",
+    "spaces-inside-brackets": "<answer>" + "[ " * N + "1]</answer>",
+    "many-tags": "<think>" * N,
+    "huge-ids": "<think>t</think><rank>[" + "9" * 5000 + "]</rank><answer>a [" + "7" * 5000 + "]</answer>",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_completions_parse_in_linear_time_and_never_raise(name):
+    from mmrag_agent.finetune.rewards import stage2_answer_reward, stage2_format_reward, stage2_rank_reward
+
+    text = HOSTILE[name]
+    out = parse_stage2_output(text, 5)
+    assert isinstance(out.ranking, list) and all(1 <= n <= 5 for n in out.ranking) and all(1 <= n <= 5 for n in out.cited)
+    assert stage2_format_reward([text]) in ([0.0], [1.0])
+    stage2_rank_reward([text], gold_ids=[[1]], k=5)
+    stage2_answer_reward([text], answers=[["a"]])
+
+
+def test_deeply_nested_chat_completion_is_read_without_recursion():
+    nested: list = [{"role": "assistant", "content": "<think>t</think><rank>[1]</rank><answer>a [1]</answer>"}]
+    for _ in range(5000):
+        nested = [nested]
+    assert parse_stage2_output(nested, 1).cited == [1]

@@ -135,7 +135,7 @@ def ask(
 
 
 def write_html(explained, path: Path) -> Path:
-    from ..explain_html import write_explanation_html
+    from ..explain import write_explanation_html
 
     return write_explanation_html(explained, path)
 

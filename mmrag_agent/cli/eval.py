@@ -35,6 +35,8 @@ def rerank(
     device: Optional[str] = typer.Option(None, "--device", help="Torch device for model-based rerankers, e.g. cuda:0."),
     per_query: bool = typer.Option(False, "--per-query", help="Also write every query's ranking and metrics to --out."),
     query_batch: Optional[int] = typer.Option(None, "--query-batch", min=1, help="stage2 / pipeline: queries generated as one batch (default 8; 1 = one at a time)."),
+    first_stage: Optional[str] = typer.Option(None, "--first-stage", help="stage1 / pipeline: fuse P(relevant) with this retriever's scores on the same candidates: none | bm25 | embedding (default: the model card's, else none)."),
+    fusion_weight: Optional[float] = typer.Option(None, "--fusion-weight", min=0.0, max=1.0, help="stage1 / pipeline: weight of P(relevant) in the fused score (default: the model card's fitted weight, else the zero-shot default)."),
 ) -> None:
     """Rank each query's candidates with a reranker and report P@1, MRR, NDCG@k and Recall@k (per-query means)."""
     from ..schema import DatasetError, read_rerank_examples
@@ -59,6 +61,15 @@ def rerank(
         if reranker not in ("stage2", "pipeline"):
             fail(f"--query-batch is used by the stage2 and pipeline rerankers, not {reranker}")
         kwargs["query_batch"] = query_batch
+    if first_stage is not None and first_stage not in ("none", "bm25", "embedding"):
+        fail(f"--first-stage must be none, bm25 or embedding, got {first_stage!r}")
+    for name, value in (("--first-stage", first_stage), ("--fusion-weight", fusion_weight)):
+        if value is not None and reranker not in ("stage1", "pipeline"):
+            fail(f"{name} is used by the stage1 and pipeline rerankers, not {reranker}")
+        if value is not None:
+            kwargs[name.lstrip("-").replace("-", "_")] = value
+    if reranker in ("stage1", "stage2", "pipeline"):
+        kwargs["data_file"] = data  # image paths in the file resolve against its folder
     if reranker not in _MODEL_FREE:
         quiet_libraries()
     try:
@@ -69,9 +80,12 @@ def rerank(
         fail(f"cannot load the {reranker} reranker: {exc}", code=1)
 
     result = evaluate_reranker(examples, ranker, k=k)
-    print_result(result, title=f"Rerank {data.name}" + (" (candidates shuffled)" if shuffle else ""))
+    fusion = getattr(ranker, "fusion", None)
+    print_result(result, title=f"Rerank {data.name}" + (" (candidates shuffled)" if shuffle else "")
+                 + (f"; stage 1 fused with {fusion['first_stage']} at weight {fusion['weight']:g}" if fusion else ""))
     if out is not None:
-        written = result.write_json(out, per_query=per_query, data=str(data), limit=limit, seed=seed, shuffled=shuffle)
+        written = result.write_json(out, per_query=per_query, data=str(data), limit=limit, seed=seed, shuffled=shuffle,
+                                    fusion=fusion)
         console.print(f"wrote {written}")
 
 

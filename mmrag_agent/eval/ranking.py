@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, NamedTuple, Sequence
 
+from ..inference.scoring import descending_order
+
 __all__ = [
     "SetPRF", "mrr", "ndcg_at_k", "precision_at_1", "query_metrics", "ranking_from_scores", "ranking_metrics",
     "recall_at_k", "set_prf",
@@ -190,6 +192,4 @@ def ranking_from_scores(ids: Sequence[str], scores: Sequence[float]) -> list[str
     """
     if len(ids) != len(scores):
         raise ValueError(f"{len(scores)} scores for {len(ids)} ids")
-    keyed = [(-s if s == s else math.inf) for s in scores]
-    order = sorted(range(len(ids)), key=keyed.__getitem__)
-    return [ids[i] for i in order]
+    return [ids[i] for i in descending_order(scores)]

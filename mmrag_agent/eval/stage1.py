@@ -5,36 +5,64 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..models import load_model
-from ..models.scoring import YesNoScorer
-from ..prompts import CandidateView
-from .baselines import Reranker, register_reranker
+from ..inference import YesNoScorer
+from ..inference.fusion import ZERO_SHOT_WEIGHT, fuse
+from ..model_card import ModelCard
+from ..models.loading import LoadedModel, load_model
+from ..prompts import CandidateView, candidate_view
+from .baselines import Reranker, make_reranker, register_reranker
 
 
 class Stage1Reranker(Reranker):
-    """Ranks candidates by the stage-1 P(relevant) (SPEC §1.2).
+    """Ranks candidates by the stage-1 P(relevant) (SPEC §1.2), with the prompt of the model's card; optionally
+    fused with a first-stage retriever's scores on the same candidates (:func:`mmrag_agent.inference.fusion.fuse`),
+    as :class:`~mmrag_agent.postprocessors.Stage1RelevanceFilter` ranks in use.
 
     Args:
-        model: Hub id, directory, ``.gguf``, PEFT adapter directory, or ``"smollm2"`` (the default).
+        model: Hub id, directory (e.g. a ``mmrag train stage1`` output), ``.gguf``, PEFT adapter directory,
+            ``"smollm2"`` (the default), or an already loaded model (e.g. the one being trained).
+        data_file: The JSONL the examples come from: relative ``image_path`` values resolve against its folder.
         device: Torch device.
         dtype: Model dtype (``"auto"``: float32 on CPU, bfloat16 on GPU).
         batch_size: Candidates per forward pass.
         max_pixels: Image area bound for vision-language models.
+        use_images: Show images to a vision-language model (else their text surrogate).
+        max_text_tokens: Token budget of each candidate's text (None: the model card's).
+        card: The serving contract to follow instead of the model's own card (e.g. a run in training).
+        first_stage: ``"none"`` (stage 1 alone), ``"bm25"``, ``"embedding"`` (all-MiniLM-L6-v2), or a
+            :class:`~mmrag_agent.eval.baselines.Reranker` whose scores are fused; None: the card's retriever, else none.
+        fusion_weight: Weight of P(relevant) in the fused score (None: the card's, else the zero-shot default).
     """
 
-    def __init__(self, model: str | None = None, device: str = "cpu", dtype: str = "auto", batch_size: int = 16,
-                 max_pixels: int = 448 * 448) -> None:
+    def __init__(self, model: str | LoadedModel | None = None, data_file: str | Path | None = None, device: str = "cpu",
+                 dtype: str = "auto", batch_size: int = 16, max_pixels: int = 448 * 448, use_images: bool = True,
+                 max_text_tokens: int | None = None, card: ModelCard | None = None, first_stage: str | Reranker | None = None,
+                 fusion_weight: float | None = None) -> None:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model or "smollm2", device=device, dtype=dtype, max_pixels=max_pixels)
         self.name = "stage1"
-        self.model = model or "smollm2"
-        self.scorer = YesNoScorer(load_model(self.model, device=device, dtype=dtype, max_pixels=max_pixels), batch_size=batch_size)
+        self.model = loaded.name
+        self.data_file = data_file
+        self.scorer = YesNoScorer(loaded, batch_size=batch_size, max_text_tokens=max_text_tokens, use_images=use_images, card=card)
+        fitted = self.scorer.card.fusion or {}
+        first_stage = first_stage if first_stage is not None else fitted.get("first_stage", "none")
+        self.first_stage = None if first_stage == "none" else first_stage if isinstance(first_stage, Reranker) else \
+            make_reranker(first_stage, device=device) if first_stage == "embedding" else make_reranker(first_stage)
+        self.fusion_weight = fusion_weight if fusion_weight is not None else fitted.get("weight", ZERO_SHOT_WEIGHT)
+
+    @property
+    def fusion(self) -> dict | None:
+        """What the ranking fuses: ``{"first_stage", "weight"}``, or None for stage 1 alone."""
+        return None if self.first_stage is None else {"first_stage": self.first_stage.name, "weight": self.fusion_weight}
 
     def score(self, query: str, candidates: Sequence[Any]) -> list[float]:
-        return self.scorer.score(query, [_view(c) for c in candidates])
+        probabilities = self.scorer.score(query, self.views(candidates))
+        if self.first_stage is None:
+            return probabilities
+        return fuse(probabilities, self.first_stage.score(query, candidates), self.fusion_weight)
 
-
-def _view(candidate) -> CandidateView:
-    image = candidate.image_path if candidate.image_path and Path(candidate.image_path).exists() else None
-    return CandidateView(text=candidate.text or "", title=candidate.title, image=image, modality=candidate.modality)
+    def views(self, candidates: Sequence[Any]) -> list[CandidateView]:
+        """The candidates as the model sees them (images resolved against the data file, for VLMs only)."""
+        return [candidate_view(c, self.data_file, with_image=self.scorer.use_images) for c in candidates]
 
 
 register_reranker("stage1", lambda model=None, **kw: Stage1Reranker(model, **kw), replace=True)

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
-from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
-
-from ..models import load_model
-from ..models.scoring import YesNoScorer
-from ..postprocessors.stage2 import Stage2Model
+from ..inference import Stage2Model, descending_order
+from ..models.loading import LoadedModel, load_model
+from ..prompts import candidate_view
 from .baselines import Reranker, register_reranker
-from .stage1 import _view
+from .stage1 import Stage1Reranker
 
 
 @dataclass
 class Judgement:
-    """A full ranking of the candidate ids, the selected (cited) sources, and the answer."""
+    """A full ranking of the candidate ids, the selected (cited) sources, and the answer (citations removed)."""
 
     ranking: list[str]
     selected: list[str]
@@ -28,30 +27,42 @@ class Stage2Reranker(Reranker):
 
     The ranking is stage 2's ranked ids, then the other shown candidates (stage-2 fallback order), then the
     candidates stage 2 did not see (stage-1 order in the pipeline, the given order otherwise). The selected
-    sources are the ranked ids; the answer is the stage-2 answer.
+    sources are the ranked ids; the answer is the stage-2 answer without its citations.
 
     Args:
-        model: Model of both stages (default ``"smollm2"``).
+        model: Model of both stages (default ``"smollm2"``), or an already loaded model.
         pipeline: Run stage 1 first and show stage 2 its ``keep`` best candidates.
-        keep: Candidates shown to stage 2 (SPEC default K = 5).
+        keep: Candidates shown to stage 2 (SPEC default K = 5; None: the model card's).
+        data_file: The JSONL the examples come from (resolves relative ``image_path``).
         device: Torch device.
         dtype: Model dtype.
-        max_new_tokens: Stage-2 generation budget.
+        max_new_tokens: Stage-2 generation budget (None: the model card's).
         batch_size: Stage-1 candidates per forward pass.
         query_batch: Queries whose stage-2 generations run as one batch (:meth:`judge_many`).
+        first_stage: Pipeline: the retriever stage 1 is fused with (``none``, ``bm25``, ``embedding``; None: the card's).
+        fusion_weight: Pipeline: the weight of P(relevant) (None: the card's, else the zero-shot default).
     """
 
-    def __init__(self, model: str | None = None, pipeline: bool = False, keep: int = 5, device: str = "cpu", dtype: str = "auto",
-                 max_new_tokens: int = 256, batch_size: int = 16, query_batch: int = 8) -> None:
-        self.name = "pipeline" if pipeline else "stage2"
-        self.model = model or "smollm2"
-        loaded = load_model(self.model, device=device, dtype=dtype)
-        self.stage1 = YesNoScorer(loaded, batch_size=batch_size) if pipeline else None
-        self.stage2 = Stage2Model(loaded, max_new_tokens=max_new_tokens)
-        self.keep = keep
+    def __init__(self, model: str | LoadedModel | None = None, pipeline: bool = False, keep: int | None = None,
+                 data_file: str | Path | None = None, device: str = "cpu", dtype: str = "auto", max_new_tokens: int | None = None,
+                 batch_size: int = 16, query_batch: int = 8, first_stage: str | None = None,
+                 fusion_weight: float | None = None) -> None:
         if query_batch < 1:
             raise ValueError(f"query_batch must be >= 1, got {query_batch}")
+        loaded = model if isinstance(model, LoadedModel) else load_model(model or "smollm2", device=device, dtype=dtype)
+        self.name = "pipeline" if pipeline else "stage2"
+        self.model = loaded.name
+        self.data_file = data_file
+        self.stage1 = Stage1Reranker(loaded, data_file=data_file, device=device, batch_size=batch_size, first_stage=first_stage,
+                                     fusion_weight=fusion_weight) if pipeline else None
+        self.stage2 = Stage2Model(loaded, max_new_tokens=max_new_tokens)
+        self.keep = keep or self.stage2.card.candidates_per_prompt or 5
         self.query_batch = query_batch
+
+    @property
+    def fusion(self) -> dict | None:
+        """Pipeline: what stage 1 fuses (``{"first_stage", "weight"}``); None otherwise."""
+        return self.stage1.fusion if self.stage1 is not None else None
 
     def judge(self, example) -> Judgement:
         return self.judge_many([example])[0]
@@ -60,19 +71,21 @@ class Stage2Reranker(Reranker):
         """Judge several examples: stage 1 per example, then one batched stage-2 generation per ``query_batch``."""
         ordered = [self._stage1_order(example) for example in examples]
         shown = [candidates[: self.keep] for candidates in ordered]
-        results = self.stage2.run_many([(ex.query, [_node(c) for c in s]) for ex, s in zip(examples, shown)], self.query_batch)
+        with_images = self.stage2.loaded.is_vision
+        outputs = self.stage2.run_many([(ex.query, [candidate_view(c, self.data_file, with_image=with_images) for c in s])
+                                        for ex, s in zip(examples, shown)], self.query_batch)
         judgements = []
-        for candidates, visible, result in zip(ordered, shown, results):
-            ranked = [visible[i - 1].id for i in result.output.ranking]
+        for candidates, visible, output in zip(ordered, shown, outputs):
+            ranked = [visible[i - 1].id for i in output.ranking]
             rest = [c.id for c in candidates if c.id not in set(ranked)]
-            judgements.append(Judgement(ranking=ranked + rest, selected=ranked, answer=result.output.answer))
+            judgements.append(Judgement(ranking=ranked + rest, selected=[] if output.used_fallback else ranked,
+                                        answer=output.answer_text))
         return judgements
 
     def _stage1_order(self, example) -> list:
         candidates = list(example.candidates)
-        if self.stage1 is not None:
-            scores = self.stage1.score(example.query, [_view(c) for c in candidates])
-            candidates = [c for _, c in sorted(zip(scores, candidates), key=lambda pair: -pair[0])]
+        if self.stage1 is not None:  # the fused stage 1, as the filter ranks in use
+            candidates = [candidates[i] for i in descending_order(self.stage1.score(example.query, candidates))]
         return candidates
 
     def score(self, query: str, candidates: Sequence[Any]) -> list[float]:
@@ -80,16 +93,6 @@ class Stage2Reranker(Reranker):
 
     def rank(self, example) -> list[str]:
         return self.judge(example).ranking
-
-
-def _node(candidate) -> NodeWithScore:
-    view = _view(candidate)
-    metadata = {"title": candidate.title} if candidate.title else {}
-    if view.image is not None or candidate.modality == "image":
-        node = ImageNode(id_=candidate.id, image_path=view.image, text=candidate.text or "", metadata=metadata)
-    else:
-        node = TextNode(id_=candidate.id, text=candidate.text or "", metadata=metadata)
-    return NodeWithScore(node=node, score=None)
 
 
 register_reranker("stage2", lambda model=None, **kw: Stage2Reranker(model, pipeline=False, **kw), replace=True)

@@ -3,9 +3,10 @@
 Data: :mod:`.builders` (WebQA / MultimodalQA to rerank-example JSONL), :mod:`.datasets` (stage-1 / stage-2
 training records), the stage-2 prompt is :func:`mmrag_agent.prompts.stage2_messages`, :mod:`.rewards` (rule-based GRPO rewards).
 
-Training: :class:`Stage1Config` / :class:`Stage2Config` (``trl.GRPOConfig`` plus the stage fields, from YAML or the
-command line), :func:`train_stage1` / :func:`train_stage2` (SFT warm start when a format probe fails, GRPO with LoRA
-or full fine-tuning, held-out evaluation, ``model_card.json`` and curves), ``mmrag train`` (:mod:`.cli`).
+Training: :class:`Stage1Config` / :class:`Stage2Config` (``trl.GRPOConfig`` + ``trl.ModelConfig`` plus the stage
+fields, parsed from YAML and command lines by ``trl.TrlParser``), :func:`train_stage1` / :func:`train_stage2` (SFT
+warm start when a format probe fails, GRPO with LoRA or full fine-tuning, held-out evaluation, the
+:class:`~mmrag_agent.model_card.ModelCard` serving reads, and curves), ``mmrag train`` (:mod:`mmrag_agent.cli.train`).
 
 Scale-out (details and commands in ``docs/scale_out.md``):
 
@@ -13,43 +14,42 @@ Scale-out (details and commands in ``docs/scale_out.md``):
   the configs are ``GRPOConfig`` objects, so DDP / FSDP / DeepSpeed settings pass through as config fields. The
   global batch ``per_device_train_batch_size * num_processes * gradient_accumulation_steps`` must be a multiple
   of ``num_generations``.
-* vLLM generation inside training: ``--set use_vllm=true --set vllm_mode=colocate`` (or ``server`` with
+* vLLM generation inside training: ``--use_vllm true --vllm_mode colocate`` (or ``server`` with
   ``trl vllm-serve``); TRL then generates the GRPO completions with vLLM and syncs the weights each step.
 * served inference: a trained output directory (merged if LoRA) served by vLLM or any OpenAI-compatible server
   answers stage 1 through ``logprobs`` of the ``yes`` / ``no`` token after the pre-filled ``<answer>`` and stage 2
   through ordinary chat completions parsed with ``parse_stage2_output``.
 
-Names from :mod:`.config`, :mod:`.train` and :mod:`.model_card` are imported on first use (they import TRL).
+Names from :mod:`.config` and :mod:`.train` are imported on first use (they import TRL).
 """
 
 from __future__ import annotations
 
 import importlib
 
+from ..model_card import read_model_card
 from ..prompts import stage2_messages
 from .builders import build_mmqa, build_webqa
-from .datasets import split_by_question, stage1_dataset, stage1_records, stage2_dataset, stage2_records, to_dataset
+from .datasets import split_by_question, stage1_records, stage2_records, to_dataset
 from .rewards import (
     completion_text, stage1_accuracy_reward, stage1_format_reward, stage1_total_reward, stage2_answer_reward,
     stage2_format_reward, stage2_rank_reward, stage2_total_reward,
 )
 
 _LAZY = {
-    "config": ("Stage1Config", "Stage2Config", "StageConfig", "parse_overrides"),
-    "train": ("TrainResult", "stage1_rewards", "stage2_rewards", "train_stage1", "train_stage2"),
-    "model_card": ("read_model_card",),
+    "config": ("ConfigError", "Stage1Config", "Stage2Config", "StageConfig"),
+    "train": ("StageRun", "TrainResult", "stage1_rewards", "stage2_rewards", "train_stage1", "train_stage2"),
     "evaluation": ("evaluate_stage1", "evaluate_stage2"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
-    "Stage1Config", "Stage2Config", "StageConfig", "TrainResult", "build_mmqa", "build_webqa", "completion_text",
-    "evaluate_stage1", "evaluate_stage2", "parse_overrides", "read_model_card", "split_by_question", "stage1_accuracy_reward",
-    "stage1_dataset", "stage1_format_reward", "stage1_records", "stage1_rewards", "stage1_total_reward", "stage2_answer_reward",
-    "stage2_dataset", "stage2_format_reward", "stage2_messages", "stage2_rank_reward", "stage2_records", "stage2_rewards",
+    "ConfigError", "Stage1Config", "Stage2Config", "StageConfig", "StageRun", "TrainResult", "build_mmqa", "build_webqa", "completion_text",
+    "evaluate_stage1", "evaluate_stage2", "read_model_card", "split_by_question", "stage1_accuracy_reward",
+    "stage1_format_reward", "stage1_records", "stage1_rewards", "stage1_total_reward", "stage2_answer_reward",
+    "stage2_format_reward", "stage2_messages", "stage2_rank_reward", "stage2_records", "stage2_rewards",
     "stage2_total_reward", "to_dataset", "train_stage1", "train_stage2",
 ]
-assert set(_WHERE) <= set(__all__)
 
 
 def __getattr__(name):

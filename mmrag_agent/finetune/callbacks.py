@@ -1,4 +1,5 @@
-"""Trainer callbacks of the GRPO runs (periodic held-out evaluation, one progress bar) and the curves PNG.
+"""Trainer callbacks of the GRPO runs (periodic held-out evaluation, one progress bar), the held-out evaluation's
+progress bar (:func:`evaluate_in_chunks`) and the curves PNG.
 
 TRL's ``GRPOTrainer`` logs, every ``logging_steps``: ``reward`` (the weighted total), ``reward_std``,
 ``frac_reward_zero_std`` (the fraction of prompt groups whose completions all got the same reward, i.e.
@@ -11,16 +12,98 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from transformers import TrainerCallback
 
-__all__ = ["HeldOutEvalCallback", "ProgressBarCallback", "format_rate_key", "plot_curves"]
+__all__ = ["HeldOutEvalCallback", "ProgressBarCallback", "append_held_out", "evaluate_in_chunks", "format_rate_key",
+           "load_held_out_history", "plot_curves", "train_summary"]
 
 
 def format_rate_key(logs: dict[str, Any]) -> str | None:
     """The log key of the format reward's mean (``rewards/stage1_format_reward/mean``), if logged."""
     return next((k for k in logs if k.startswith("rewards/") and "format" in k and k.endswith("/mean")), None)
+
+
+def load_held_out_history(out: Path, resume: str | None) -> list[dict]:
+    """The held-out records of a resumed run (``out/held_out.jsonl``); a fresh run starts an empty file."""
+    path = out / "held_out.jsonl"
+    if resume and path.is_file():
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path.unlink(missing_ok=True)
+    return []
+
+
+def append_held_out(history: list[dict], path: Path | None, step: int, phase: str, metrics: dict) -> dict:
+    """Append ``{"step", "phase", **metrics}`` to ``history`` and, as one JSON line, to ``path``; returns the record."""
+    record = {"step": step, "phase": phase, **metrics}
+    history.append(record)
+    if path is not None:
+        with Path(path).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    return record
+
+
+def train_summary(logs: list[dict], last: int = 10) -> dict:
+    """Means over the last ``last`` logged GRPO steps of reward, format rate, frac_reward_zero_std and step time;
+    the total runtime."""
+    steps = [h for h in logs if "reward" in h][-last:]
+    key = next((format_rate_key(h) for h in steps if format_rate_key(h)), None)
+
+    def mean(name):
+        values = [h[name] for h in steps if name and isinstance(h.get(name), (int, float))]
+        return sum(values) / len(values) if values else None
+
+    end = next((h for h in reversed(logs) if "train_runtime" in h), {})
+    return {"reward": mean("reward"), "format_rate": mean(key), "frac_reward_zero_std": mean("frac_reward_zero_std"),
+            "step_time": mean("step_time"), "over_last_steps": len(steps), "train_runtime": end.get("train_runtime")}
+
+
+def evaluate_in_chunks(evaluate: Callable[[Sequence], dict], examples: Sequence, chunk_size: int, desc: str = "evaluation",
+                       progress: bool = True, counts: dict[str, Callable[[Sequence], int]] | None = None) -> dict:
+    """Evaluate ``examples`` a chunk at a time under a progress bar, and combine the chunks' means exactly.
+
+    ``evaluate(chunk)`` returns per-unit means and ``"n"`` (the units it averaged over). Each metric of the
+    whole is the mean of the chunks' values weighted by their ``n``, or by ``counts[metric](chunk)`` for a
+    metric averaged over fewer units (NaN values and zero weights are left out), so the result equals one
+    call over all examples.
+
+    Args:
+        evaluate: The evaluation of a list of examples.
+        examples: All examples.
+        chunk_size: Examples per call (e.g. one generation batch).
+        desc: The bar's label.
+        progress: Show the bar (it moves from the first chunk, with an ETA, and is removed when done).
+        counts: Per metric, the number of units of a chunk it averages over (default: the chunk's ``n``).
+
+    Returns:
+        The combined metrics, ``"n"`` the total.
+
+    Example:
+        >>> evaluate_in_chunks(lambda chunk: {"p@1": sum(chunk) / len(chunk), "n": len(chunk)}, [1, 0, 1], 2)
+        {'p@1': 0.6666666666666666, 'n': 3}
+    """
+    from tqdm.auto import tqdm
+
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    n = 0
+    with tqdm(total=len(examples), desc=desc, unit="question", disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        for start in range(0, len(examples), max(chunk_size, 1)):
+            chunk = examples[start:start + max(chunk_size, 1)]
+            metrics = evaluate(chunk)
+            for key, value in metrics.items():
+                if key == "n":
+                    continue
+                weight = (counts or {}).get(key, lambda _: metrics.get("n", len(chunk)))(chunk)
+                totals.setdefault(key, 0.0)
+                weights.setdefault(key, 0.0)
+                if isinstance(value, (int, float)) and not math.isnan(value) and weight:
+                    totals[key] += weight * value
+                    weights[key] += weight
+            n += int(metrics.get("n", 0))
+            bar.update(len(chunk))
+    return {**{key: totals[key] / weights[key] if weights[key] else float("nan") for key in totals}, "n": n}
 
 
 class HeldOutEvalCallback(TrainerCallback):
@@ -44,12 +127,8 @@ class HeldOutEvalCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         metrics = self.evaluate(model)
-        record = {"step": state.global_step, "phase": phase, **metrics}
-        self.history.append(record)
+        append_held_out(self.history, self.path, state.global_step, phase, metrics)
         state.log_history.append({"step": state.global_step, **{f"held_out/{k}": v for k, v in metrics.items()}})
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every > 0 and state.global_step % self.every == 0 and state.global_step < state.max_steps:

@@ -1,43 +1,65 @@
-"""Training configurations of the two GRPO stages: TRL's ``GRPOConfig`` extended with the stage fields.
+"""Training configurations of the two GRPO stages: ``trl.GRPOConfig`` + ``trl.ModelConfig`` + the stage fields.
 
-:class:`Stage1Config` and :class:`Stage2Config` *are* ``trl.GRPOConfig`` objects (every TRL / transformers
-``TrainingArguments`` field is available and is passed to ``GRPOTrainer`` unchanged), with
+Why this shape (TRL's own building blocks, used as TRL's scripts use them):
 
-* the fields of SPEC §3–4 added (data, model, held-out split, K, permutations, negatives, reward weights,
-  LoRA, SFT warm start and its format probe, assistant prefix, reasoning mode, image resolution, held-out
-  evaluation), each with ``help`` metadata (``HfArgumentParser`` and ``mmrag train --help-config`` show it);
-* SPEC defaults where they differ from TRL's: ``beta`` 0.04 (TRL: 0.0), the learning rate 1e-5 with LoRA /
-  1e-6 for full fine-tuning (resolved from ``use_lora`` when left unset), ``max_completion_length`` 16 for
-  stage 1 (256 in reasoning mode) and 256 for stage 2, ``logging_steps`` 1 (every step reaches the curves),
-  and ``bf16`` only where a CUDA device supports it (TRL turns it on everywhere, which on a CPU means slow
-  autocast). ``num_generations`` 8 and ``temperature`` 1.0 are TRL's defaults already.
+* A stage config **is** a ``trl.GRPOConfig``: every TRL / transformers training field (distributed, precision,
+  vLLM, logging, checkpoints ...) is available and reaches ``GRPOTrainer`` unchanged.
+* It **is** a ``trl.ModelConfig`` too: the model and LoRA fields carry TRL's names (``model_name_or_path``,
+  ``dtype``, ``use_peft``, ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``, ``use_rslora``,
+  ``use_dora``, ``lora_modules_to_save`` ...), so ``trl.get_peft_config(config)`` builds the LoRA adapter config
+  (:func:`mmrag_agent.finetune.policy.lora_config`) and a YAML recipe written for ``trl grpo`` reads the same
+  here. TRL's scripts keep ``ModelConfig`` as a separate object; mixing it in keeps one object per run
+  (``train_stage1(config)``). Its bitsandbytes and revision fields are refused: the model loader does not take
+  them, and a field that is silently ignored is worse than an error.
+* Files and command lines are parsed by ``trl.TrlParser`` (an ``HfArgumentParser``: one ``--field value`` option
+  per dataclass field, typed from the annotations; ``--config FILE.yaml`` whose keys become the defaults; an
+  ``env:`` mapping in the file sets environment variables). :meth:`StageConfig.from_args` only adds what TRL
+  leaves to its caller: one-line errors, and unknown fields named with the closest real ones.
+  ``HfArgumentParser`` alone has no ``--config`` file; TRL's parser has, so it is the one used.
 
-Values come from keyword arguments, a YAML file (:meth:`StageConfig.from_yaml`, keys = field names, e.g.
-``learning_rate: 2.0e-5``) and ``KEY=VALUE`` strings from a command line (:func:`parse_overrides`). Values
-left as ``None`` / ``"auto"`` are resolved in ``__post_init__`` and can be read back from the object.
+On top of TRL the stage configs add the fields of SPEC §3–4 (data, held-out split, K, permutations, negatives,
+reward weights, SFT warm start and its format probe, assistant prefix, reasoning mode, image resolution,
+held-out evaluation), each with ``help`` metadata, and change a few defaults: ``beta`` 0.04 (TRL: 0.0), LoRA on
+(``use_peft``) over the attention and MLP projections, the learning rate 1e-5 with LoRA / 1e-6 for full
+fine-tuning, ``max_completion_length`` 16 for stage 1 (256 in reasoning mode) and 256 for stage 2,
+``logging_steps`` 1, ``bf16`` only where a CUDA device supports it, pinned loader memory only with CUDA, and the assistant prefix of
+:mod:`mmrag_agent.format` (``<answer>`` for stage 1, ``<think>`` for stage 1 with reasoning and for stage 2; an
+explicit ``""`` means no prefix). Values left as ``None`` are resolved in ``__post_init__`` and can be read back.
 
 Example:
-    >>> config = Stage1Config.from_yaml("stage1.yaml", data="train.jsonl", output_dir="runs/s1", max_steps=200)
-    >>> config.learning_rate, config.max_completion_length, config.beta
-    (1e-05, 16, 0.04)
+    >>> config = Stage1Config.from_args(["--config", "stage1.yaml", "--data", "train.jsonl", "--max_steps", "200"])
+    >>> config.learning_rate, config.max_completion_length, config.assistant_prefix
+    (1e-05, 16, '<answer>')
+    >>> Stage2Config(data="train.jsonl", stage1_output="runs/s1", output_dir="runs/s2").assistant_prefix
+    '<think>'
 """
 
 from __future__ import annotations
 
 import difflib
-import json
+from enum import Enum
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
-from trl import GRPOConfig
+from trl import GRPOConfig, ModelConfig, TrlParser
 
-__all__ = ["DEFAULT_LORA_TARGETS", "Stage1Config", "Stage2Config", "StageConfig", "parse_overrides", "stage_fields"]
+from ..format import STAGE1_PREFIX, STAGE1_REASONING_PREFIX, STAGE2_PREFIX
+
+__all__ = ["DEFAULT_LORA_TARGETS", "ConfigError", "Stage1Config", "Stage2Config", "StageConfig", "stage_fields"]
 
 #: Attention and MLP projections of the language model (Qwen2 / Qwen2-VL / Qwen2.5-VL / Llama / SmolLM2).
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Vision towers of VLMs, excluded from LoRA by default (Qwen2.5-VL's vision MLP also has ``gate_proj`` ...).
 VISION_MODULES_REGEX = r".*(visual|vision_tower|vision_model|image_encoder)\..*"
+#: ``trl.ModelConfig`` fields this trainer honours (the others are refused when changed from their defaults).
+MODEL_FIELDS = ("model_name_or_path", "dtype", "attn_implementation", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
+                "lora_target_modules", "lora_target_parameters", "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")
+_UNSUPPORTED_MODEL_FIELDS = {"model_revision": "main", "load_in_8bit": False, "load_in_4bit": False, "bnb_4bit_quant_type": "nf4",
+                             "use_bnb_nested_quant": False, "bnb_4bit_quant_storage": None}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built from a file or a command line; the message is one line naming the field."""
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -45,8 +67,8 @@ def _help(text: str, **extra: Any) -> dict:
 
 
 @dataclass
-class StageConfig(GRPOConfig):
-    """Fields shared by both stages, on top of ``trl.GRPOConfig`` (see the module docstring).
+class StageConfig(GRPOConfig, ModelConfig):
+    """Fields shared by both stages, on top of ``trl.GRPOConfig`` and ``trl.ModelConfig`` (see the module docstring).
 
     Subclasses set :attr:`stage` and their own defaults; use :class:`Stage1Config` or :class:`Stage2Config`.
     """
@@ -55,47 +77,47 @@ class StageConfig(GRPOConfig):
 
     # ---- overridden TRL / transformers defaults (SPEC §4)
     learning_rate: float | None = field(default=None, metadata=_help(
-        "AdamW learning rate. Default (None): 1e-5 with LoRA, 1e-6 for full fine-tuning (SPEC §4)."))
+        "AdamW learning rate. Default (null): 1e-5 with LoRA, 1e-6 for full fine-tuning (SPEC §4)."))
     beta: float = field(default=0.04, metadata=_help("KL coefficient against the reference policy (SPEC §4: 0.04; TRL's default is 0.0)."))
     max_completion_length: int | None = field(default=None, metadata=_help(
-        "Most tokens generated per completion. Default (None): stage 1 16 (256 with reasoning), stage 2 256."))
+        "Most tokens generated per completion. Default (null): stage 1 16 (256 with reasoning), stage 2 256."))
     logging_steps: float = field(default=1, metadata=_help("Log every N optimizer steps (1: every step reaches the curves)."))
     bf16: bool | None = field(default=None, metadata=_help(
-        "bf16 mixed precision. Default (None): on only where a CUDA device supports bf16 (off on CPU)."))
+        "bf16 mixed precision. Default (null): on only where a CUDA device supports bf16 (off on CPU)."))
+    dataloader_pin_memory: bool | None = field(default=None, metadata=_help(
+        "Pin data-loader memory. Default (null): only when training on a CUDA device (pinning needs one)."))
+
+    # ---- model and LoRA (trl.ModelConfig fields; defaults changed where SPEC §4 differs)
+    model_name_or_path: str | None = field(default=None, metadata=_help(
+        "Base model: hub id, directory, .gguf, PEFT adapter directory or 'smollm2' (stage 1 default: 'smollm2')."))
+    dtype: str = field(default="auto", metadata=_help(
+        "Weights dtype when loading: auto (float32 on CPU, bfloat16 when training in bf16), float32, float16, bfloat16.",
+        choices=["auto", "float32", "float16", "bfloat16"]))
+    use_peft: bool = field(default=True, metadata=_help("Train a LoRA adapter (PEFT); false: full fine-tuning."))
+    lora_target_modules: list[str] | None = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), metadata=_help(
+        "Module names LoRA adapts (default: the language model's attention and MLP projections; 'all-linear' for all)."))
+    lora_exclude_vision: bool = field(default=True, metadata=_help("Keep LoRA off the vision tower of VLMs."))
 
     # ---- data
-    data: str | None = field(default=None, metadata=_help("Training rerank examples (JSONL, SPEC §5)."))
+    data: str | None = field(default=None, metadata=_help("Training rerank examples (JSONL, one query a line)."))
     eval_data: str | None = field(default=None, metadata=_help(
-        "Held-out rerank examples (JSONL). Without it, held_out_fraction of --data's questions are held out."))
+        "Held-out rerank examples (JSONL). Without it, held_out_fraction of the data's questions are held out."))
     held_out_fraction: float = field(default=0.2, metadata=_help(
-        "Fraction of --data's questions held out for evaluation when eval_data is not given (split by qid)."))
+        "Fraction of the data's questions held out for evaluation when eval_data is not given (split by qid)."))
     split_seed: int = field(default=0, metadata=_help("Seed of the train / held-out split by question."))
-    max_train_queries: int | None = field(default=None, metadata=_help("Use at most this many training questions (None: all)."))
-    max_eval_queries: int | None = field(default=None, metadata=_help("Evaluate on at most this many held-out questions (None: all)."))
+    max_train_queries: int | None = field(default=None, metadata=_help("Use at most this many training questions (null: all)."))
+    max_eval_queries: int | None = field(default=None, metadata=_help("Evaluate on at most this many held-out questions (null: all)."))
     max_text_tokens: int = field(default=256, metadata=_help("Token budget of each candidate's text in a prompt (SPEC §2)."))
     with_images: bool | None = field(default=None, metadata=_help(
-        "Show image candidates' pixels. Default (None): when the model is a vision-language model."))
+        "Show image candidates' pixels. Default (null): when the model is a vision-language model."))
     max_pixels: int = field(default=448 * 448, metadata=_help("Upper bound on an image's area (Qwen-VL processors)."))
     min_pixels: int | None = field(default=None, metadata=_help("Lower bound on an image's area (Qwen-VL processors)."))
 
-    # ---- model
-    model: str | None = field(default=None, metadata=_help(
-        "Base model: hub id, directory, .gguf, PEFT adapter directory or 'smollm2' (stage 1 default: 'smollm2')."))
-    model_dtype: str = field(default="auto", metadata=_help(
-        "Weights dtype when loading: auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16."))
-    attn_implementation: str | None = field(default=None, metadata=_help("Attention implementation, e.g. sdpa or flash_attention_2."))
-    use_lora: bool = field(default=True, metadata=_help("Train a LoRA adapter (PEFT); False: full fine-tuning."))
-    lora_r: int = field(default=16, metadata=_help("LoRA rank (SPEC §4: 16)."))
-    lora_alpha: int = field(default=32, metadata=_help("LoRA alpha (SPEC §4: 32)."))
-    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout."))
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), metadata=_help(
-        "Module names LoRA adapts (default: the language model's attention and MLP projections)."))
-    lora_exclude_vision: bool = field(default=True, metadata=_help("Keep LoRA off the vision tower of VLMs."))
-
     # ---- prompting
-    assistant_prefix: str = field(default="", metadata=_help(
-        "Text the assistant turn is pre-filled with (e.g. '<answer>' for stage 1, '<think>' for stage 2); the "
-        "rewards see prefix + completion."))
+    assistant_prefix: str | None = field(default=None, metadata=_help(
+        "Text the assistant turn is pre-filled with, in training and in serving (recorded in model_card.json); the "
+        "rewards see prefix + completion. Default (null): '<answer>' for stage 1, '<think>' for stage 1 with reasoning "
+        "and for stage 2. An empty string: no prefix."))
 
     # ---- rewards
     format_weight: float = field(default=0.1, metadata=_help("Weight of the format reward (SPEC: 0.1)."))
@@ -108,9 +130,10 @@ class StageConfig(GRPOConfig):
     sft_warm_start: str = field(default="auto", metadata=_help(
         "Supervised warm start on gold-formatted targets before GRPO: auto (when the format probe fails), on, off.",
         choices=["auto", "on", "off"]))
-    sft_max_steps: int = field(default=50, metadata=_help("Optimizer steps of the SFT warm start."))
+    sft_max_steps: int = field(default=50, metadata=_help(
+        "Optimizer steps of the SFT warm start (they come before, and on top of, the GRPO max_steps)."))
     sft_learning_rate: float | None = field(default=None, metadata=_help(
-        "Learning rate of the SFT warm start. Default (None): 1e-4 with LoRA, 1e-5 for full fine-tuning."))
+        "Learning rate of the SFT warm start. Default (null): 1e-4 with LoRA, 1e-5 for full fine-tuning."))
     sft_batch_size: int | None = field(default=None, metadata=_help("Batch size of the SFT warm start (default: per_device_train_batch_size)."))
     format_probe_prompts: int = field(default=8, metadata=_help("Training prompts the format probe samples from."))
     format_probe_generations: int = field(default=4, metadata=_help("Sampled completions per probe prompt (at `temperature`)."))
@@ -122,79 +145,134 @@ class StageConfig(GRPOConfig):
         "Evaluate on the held-out questions every N steps, plus before the first and after the last step (0: never)."))
     eval_batch_size: int = field(default=16, metadata=_help("Prompts per forward pass in the held-out evaluation."))
     curves: bool = field(default=True, metadata=_help("Write training_curves.png (reward, format rate, held-out P@1) to output_dir."))
-    progress_bar: bool = field(default=True, metadata=_help("Show one progress bar with reward, format rate and held-out P@1."))
+    progress_bar: bool = field(default=True, metadata=_help(
+        "Show progress bars (format probe, SFT warm start, GRPO with reward / format rate / held-out P@1, evaluations)."))
 
     def __post_init__(self):
         if isinstance(self.sft_warm_start, bool):  # YAML 1.1 reads a bare on / off as a boolean
             self.sft_warm_start = "on" if self.sft_warm_start else "off"
         if self.sft_warm_start not in ("auto", "on", "off"):
-            raise ValueError(f"sft_warm_start must be auto, on or off, got {self.sft_warm_start!r}")
+            raise ConfigError(f"sft_warm_start must be auto, on or off, got {self.sft_warm_start!r}")
         if not 0.0 <= self.held_out_fraction < 1.0:
-            raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+            raise ConfigError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+        if self.sft_max_steps < 1:
+            raise ConfigError(f"sft_max_steps must be at least 1, got {self.sft_max_steps} (sft_warm_start=off skips the warm start)")
         if self.extra_reward_weights is not None and len(self.extra_reward_weights) != len(self.extra_reward_funcs or []):
-            raise ValueError("extra_reward_weights needs one weight per extra_reward_funcs entry")
+            raise ConfigError("extra_reward_weights needs one weight per extra_reward_funcs entry")
+        for name, default in _UNSUPPORTED_MODEL_FIELDS.items():
+            if getattr(self, name) != default:
+                raise ConfigError(f"{name} is not supported by mmrag's trainer (its model loader takes no revision or "
+                                  f"bitsandbytes settings); leave it at {default!r}, or pass a local model directory")
+        if self.lora_target_modules == ["all-linear"]:
+            self.lora_target_modules = "all-linear"  # PEFT's keyword is a string, a command line gives a list
         if self.learning_rate is None:
-            self.learning_rate = 1e-5 if self.use_lora else 1e-6
+            self.learning_rate = 1e-5 if self.use_peft else 1e-6
         if self.sft_learning_rate is None:
-            self.sft_learning_rate = 1e-4 if self.use_lora else 1e-5
+            self.sft_learning_rate = 1e-4 if self.use_peft else 1e-5
         if self.max_completion_length is None:
             self.max_completion_length = self._default_completion_length()
+        if self.assistant_prefix is None:
+            self.assistant_prefix = self._default_prefix()
         if self.bf16 is None:
-            self.bf16 = not self.fp16 and not self.use_cpu and _cuda_bf16()
+            self.bf16 = not self.fp16 and not self.use_cpu and _cuda(bf16=True)
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = not self.use_cpu and _cuda()
         if self.output_dir is None:
             self.output_dir = f"mmrag-stage{self.stage}"
+        if self.activation_checkpointing is None and self.gradient_checkpointing is not None:
+            self.activation_checkpointing = self.gradient_checkpointing  # TRL sets the alias transformers deprecates
         super().__post_init__()
 
     def _default_completion_length(self) -> int:
         return 256
 
+    def _default_prefix(self) -> str:
+        return STAGE2_PREFIX
+
     # ---- construction from files and command lines
     @classmethod
-    def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> "StageConfig":
-        """Build a config from a YAML (or JSON) mapping of field names, then keyword overrides.
+    def from_args(cls, args: Sequence[str] = ()) -> "StageConfig":
+        """Build a config with ``trl.TrlParser`` from ``--field value`` options and an optional ``--config FILE.yaml``.
+
+        Later values win: the field defaults, then the YAML file's keys, then the options in the order given.
+        Every field is an option (``--learning_rate 1e-4``, ``--use_peft false``, ``--lora_target_modules q_proj
+        v_proj``, hyphens or underscores); ``--KEY=VALUE`` is one token, which is how a value may be empty
+        (``--assistant_prefix=``) or start with a dash.
 
         Args:
-            path: The file; None for overrides only. Keys are field names of this class (TRL / transformers
-                ones included); an unknown key raises with the closest names.
-            **overrides: Field values that replace the file's (``None`` values are ignored, so optional CLI
-                options can be passed through as they are).
+            args: The command-line tokens (``mmrag train`` turns its named options into such tokens).
 
         Returns:
-            The config, with ``None`` / ``"auto"`` defaults resolved.
+            The config, with ``None`` defaults resolved.
 
         Raises:
-            ValueError: The file is not a mapping, or a key is not a field.
+            ConfigError: A one-line message: an unknown field (with the closest names), a value of the wrong
+                type, an unreadable or invalid YAML file, or a value the config rejects.
 
         Example:
-            >>> Stage2Config.from_yaml("stage2.yaml", stage1_output="runs/s1", max_steps=100).learning_rate
-            1e-05
+            >>> Stage2Config.from_args(["--stage1_output", "runs/s1", "--k", "3", "--use_peft", "false"]).k
+            3
         """
-        values: dict[str, Any] = {}
-        if path is not None:
-            import yaml
+        import yaml
 
-            text = Path(path).read_text(encoding="utf-8")
-            loaded = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-            if loaded is None:
-                loaded = {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a mapping of config fields, got {type(loaded).__name__}")
-            values.update(parse_overrides(cls, loaded, where=str(path)))
-        values.update({k: v for k, v in parse_overrides(cls, overrides, where="overrides").items() if v is not None})
-        return cls(**values)
+        parser = _StageParser(cls)
+        args = list(args)
+        parser.check_options(args)
+        try:
+            config, yaml_left, args_left = parser.parse_args_and_config(args, return_remaining_strings=True,
+                                                                        separate_remaining_strings=True)
+        except ConfigError:
+            raise
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{parser.config_path}: not valid YAML ({_yaml_problem(exc)})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{parser.config_path}: cannot read the config file ({exc})") from None
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(" ".join(str(exc).split())) from None
+        if yaml_left or args_left:
+            raise ConfigError(f"unexpected argument {(yaml_left or args_left)[0]!r}: options are --FIELD VALUE")
+        return config
 
     def stage_summary(self) -> dict[str, Any]:
         """The stage fields and the main GRPO settings, JSON-serialisable (written to ``model_card.json``)."""
-        keys = [f.name for f in fields(self) if f.name in stage_fields(type(self))] + [
+        keys = stage_fields(type(self)) + [
             "learning_rate", "beta", "num_generations", "temperature", "max_completion_length", "max_steps",
             "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "loss_type", "scale_rewards",
             "seed", "use_vllm", "bf16"]
         return {k: _jsonable(getattr(self, k)) for k in dict.fromkeys(keys)}
 
+    def to_yaml(self) -> str:
+        """The fields whose value differs from the stage's defaults, as YAML that ``--config`` reads back.
+
+        Example:
+            >>> print(Stage1Config(output_dir="runs/s1", max_steps=10).to_yaml(), end="")
+            output_dir: runs/s1
+            max_steps: 10
+        """
+        import yaml
+
+        defaults = type(self)()
+        changed = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
+                   if f.init and getattr(self, f.name) != getattr(defaults, f.name)}
+        return yaml.safe_dump(changed, sort_keys=False, allow_unicode=True, width=10_000)
+
+    def warm_start_plan(self) -> str:
+        """One line saying what runs before GRPO (the format probe, the SFT warm start, their length and how to change it).
+
+        Example:
+            >>> Stage1Config(output_dir="runs/s1").warm_start_plan()
+            'SFT warm start: auto (runs 50 steps before GRPO if the format probe fails; --sft-steps to change, --sft off to skip)'
+        """
+        if self.sft_warm_start == "off":
+            return "SFT warm start: off (no format probe; --sft auto to probe the format and warm-start if needed)"
+        when = "if the format probe fails" if self.sft_warm_start == "auto" else "always"
+        return (f"SFT warm start: {self.sft_warm_start} (runs {self.sft_max_steps} steps before GRPO {when}; "
+                f"--sft-steps to change, --sft off to skip)")
+
 
 @dataclass
 class Stage1Config(StageConfig):
-    """Stage-1 GRPO (point-wise yes/no relevance, SPEC §3) on top of ``trl.GRPOConfig``.
+    """Stage-1 GRPO (point-wise yes/no relevance, SPEC §3) on top of ``trl.GRPOConfig`` and ``trl.ModelConfig``.
 
     Every ``GRPOConfig`` field applies; the stage fields are documented in their ``help`` metadata.
     Rewards: ``accuracy_weight * relevance_accuracy + format_weight * format`` (gated accuracy, SPEC §3),
@@ -202,7 +280,7 @@ class Stage1Config(StageConfig):
     the format reward is the format rate).
 
     Example:
-        >>> config = Stage1Config(data="train.jsonl", model="smollm2", output_dir="runs/s1", max_steps=300)
+        >>> config = Stage1Config(data="train.jsonl", model_name_or_path="smollm2", output_dir="runs/s1", max_steps=300)
         >>> train_stage1(config)
     """
 
@@ -213,21 +291,24 @@ class Stage1Config(StageConfig):
     accuracy_weight: float = field(default=1.0, metadata=_help("Weight of the gated relevance-accuracy reward (SPEC: 1.0)."))
 
     def __post_init__(self):
-        if self.model is None:
-            self.model = "smollm2"
+        if self.model_name_or_path is None:
+            self.model_name_or_path = "smollm2"
         super().__post_init__()
 
     def _default_completion_length(self) -> int:
         return 256 if self.reasoning else 16
 
+    def _default_prefix(self) -> str:
+        return STAGE1_REASONING_PREFIX if self.reasoning else STAGE1_PREFIX
+
 
 @dataclass
 class Stage2Config(StageConfig):
-    """Stage-2 GRPO (list-wise rank + answer with reasoning, SPEC §4) on top of ``trl.GRPOConfig``.
+    """Stage-2 GRPO (list-wise rank + answer with reasoning, SPEC §4) on top of ``trl.GRPOConfig`` and ``trl.ModelConfig``.
 
     The policy starts from the stage-1 output (``stage1_output``: its adapter or full model) unless
-    ``init_from="base"``; the base model is ``model`` or, when unset, the base the stage-1 output was trained
-    from. Rewards: format-gated ``rank_weight * rank_quality + answer_weight * answer_accuracy`` plus
+    ``init_from="base"``; the base model is ``model_name_or_path`` or, when unset, the base the stage-1 output was
+    trained from. Rewards: format-gated ``rank_weight * rank_quality + answer_weight * answer_accuracy`` plus
     ``format_weight * format``, as three TRL reward functions with ``reward_weights``.
 
     Example:
@@ -249,90 +330,80 @@ class Stage2Config(StageConfig):
 
     def __post_init__(self):
         if self.init_from not in ("stage1", "base"):
-            raise ValueError(f"init_from must be stage1 or base, got {self.init_from!r}")
+            raise ConfigError(f"init_from must be stage1 or base, got {self.init_from!r}")
         super().__post_init__()
 
 
 def stage_fields(cls: type) -> list[str]:
-    """Names of the fields a stage config adds to (or overrides in) ``trl.GRPOConfig``.
+    """Names of the fields a stage config adds to ``trl.GRPOConfig`` (or whose default it changes), in field order:
+    the stage fields and the ``trl.ModelConfig`` fields the trainer honours.
 
     Example:
-        >>> "lora_r" in stage_fields(Stage1Config), "beta" in stage_fields(Stage1Config)
-        (True, True)
+        >>> "lora_r" in stage_fields(Stage1Config), "beta" in stage_fields(Stage1Config), "load_in_4bit" in stage_fields(Stage1Config)
+        (True, True, False)
     """
-    base = {f.name: f for f in fields(GRPOConfig)}
-    out = []
-    for f in fields(cls):
-        if f.name not in base or f.default != base[f.name].default:
-            out.append(f.name)
-    return out
+    declared = {name for klass in cls.__mro__ if isinstance(klass, type) and issubclass(klass, StageConfig)
+                for name in vars(klass).get("__annotations__", {})}
+    return [f.name for f in fields(cls) if f.name in declared or f.name in MODEL_FIELDS]
 
 
-def parse_overrides(cls: type, values: dict[str, Any] | list[str], where: str = "overrides") -> dict[str, Any]:
-    """Check field names and coerce string values (``"1e-5"``, ``"true"``, ``"a,b"``) to the field's type.
+class _StageParser(TrlParser):
+    """``TrlParser`` whose errors are exceptions (argparse would print usage and exit) and that names unknown fields."""
 
-    Args:
-        cls: The config class.
-        values: A mapping, or ``KEY=VALUE`` strings (``mmrag train ... --set beta=0.0``).
-        where: Names the source in error messages.
+    def __init__(self, cls: type) -> None:
+        super().__init__(cls, allow_abbrev=False, prog=cls.__name__)
+        self.cls = cls
+        self.names = [f.name for f in fields(cls) if f.init]
+        self.config_path: str | None = None
 
-    Returns:
-        ``{field: value}`` with strings coerced (YAML scalars; floats for float fields; comma lists for lists).
+    def error(self, message: str):
+        raise ConfigError(message)
 
-    Raises:
-        ValueError: An unknown field (the message suggests close names) or a ``KEY=VALUE`` without ``=``.
+    def unknown(self, name: str, where: str) -> ConfigError:
+        name = name.lstrip("-").split("=", 1)[0]
+        own = stage_fields(self.cls)  # the stage's own fields are the likelier meaning, then TRL's
+        close = difflib.get_close_matches(name.replace("-", "_"), own, n=3, cutoff=0.6)
+        if len(close) < 3:
+            close += difflib.get_close_matches(name.replace("-", "_"), [n for n in self.names if n not in own], n=3 - len(close))
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; {self.cls.__name__} has no such field"
+        return ConfigError(f"unknown config field {name!r} {where}{hint}")
 
-    Example:
-        >>> parse_overrides(Stage1Config, ["learning_rate=1e-4", "use_lora=false", "lora_target_modules=q_proj,v_proj"])
-        {'learning_rate': 0.0001, 'use_lora': False, 'lora_target_modules': ['q_proj', 'v_proj']}
-    """
-    if isinstance(values, list):
-        pairs = {}
-        for item in values:
-            if "=" not in item:
-                raise ValueError(f"{where}: expected KEY=VALUE, got {item!r}")
-            key, value = item.split("=", 1)
-            pairs[key.strip().replace("-", "_")] = value
-        values = pairs
-    known = {f.name: f for f in fields(cls) if f.init}
-    out = {}
-    for key, value in values.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=3)
-            raise ValueError(f"{where}: {key!r} is not a {cls.__name__} field" + (f"; did you mean {', '.join(close)}?" if close else ""))
-        out[key] = _coerce(value, str(known[key].type)) if isinstance(value, str) else value
-    return out
+    def check_options(self, args: list[str]) -> None:
+        if "--config" in args:
+            index = args.index("--config")
+            if index + 1 >= len(args):
+                raise ConfigError("--config needs a YAML file")
+            self.config_path = args[index + 1]
+        for token in args:
+            if token.startswith("--") and token != "--config" and token.split("=", 1)[0] not in self._option_string_actions:
+                raise self.unknown(token, "on the command line")
 
-
-def _coerce(value: str, type_name: str) -> Any:
-    import yaml
-
-    if "list" in type_name and not value.strip().startswith("["):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        return [float(v) for v in items] if "float" in type_name else items
-    parsed = yaml.safe_load(value) if value.strip() else None
-    if parsed is None and "None" not in type_name and value.strip().lower() not in ("null", "none", "~", ""):
-        return value
-    if isinstance(parsed, str) and "float" in type_name:
-        try:
-            return float(parsed)  # YAML 1.1 reads "1e-5" as a string
-        except ValueError:
-            return parsed
-    if isinstance(parsed, (int, float)) and type_name.startswith(("str", "<class 'str'>")):
-        return value  # a string field keeps "1e-3", "off" or "123" as written
-    return parsed
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        for key in kwargs:
+            if key not in self.names:
+                raise self.unknown(str(key), f"in {self.config_path}")
+        return super().set_defaults_with_config(**kwargs)
 
 
-def _cuda_bf16() -> bool:
+def _yaml_problem(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def _cuda(bf16: bool = False) -> bool:
+    """A usable CUDA device (that supports bf16, with ``bf16``)."""
     try:
         import torch
 
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    except Exception:  # noqa: BLE001 - no usable CUDA means no bf16
+        return torch.cuda.is_available() and (not bf16 or torch.cuda.is_bf16_supported())
+    except Exception:  # noqa: BLE001 - no usable CUDA
         return False
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return _jsonable(value.value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):

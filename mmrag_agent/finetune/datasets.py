@@ -1,11 +1,14 @@
 """Training sets of the two GRPO stages built from rerank examples (SPEC §3–4), in TRL's conversational format.
 
 * :func:`split_by_question`: a deterministic train / held-out split by qid (no query in both).
-* :func:`stage1_records`: balanced point-wise units ``(query, candidate, yes|no)`` with hard negatives drawn
-  from the same query's candidates; prompts from :func:`mmrag_agent.prompts.stage1_messages`.
-* :func:`stage2_records`: list-wise units (query + K candidates in several shuffled orders); prompts from
-  :func:`mmrag_agent.prompts.stage2_messages`; gold ids follow each order.
+* :func:`stage1_units` / :func:`stage1_records`: balanced point-wise units ``(query, candidate, yes|no)`` with hard
+  negatives drawn from the same query's candidates; prompts from :func:`mmrag_agent.prompts.stage1_messages`.
+* :func:`stage2_units` / :func:`stage2_records`: list-wise units (query + K candidates in several shuffled
+  orders); prompts from :func:`mmrag_agent.prompts.stage2_messages`; gold ids follow each order.
 * :func:`to_dataset`: records to a :class:`datasets.Dataset` that ``trl.GRPOTrainer`` accepts.
+
+Candidates are shown through :func:`mmrag_agent.prompts.candidate_view` (image paths resolved against the data
+file), the same view and the same prompt builders serving uses, so a trained model is served its training prompt.
 
 Every random choice uses a generator seeded by ``(seed, qid)``, so a query's records do not depend on the
 other queries or on their order. Every column other than ``prompt`` reaches the reward functions as a
@@ -19,14 +22,40 @@ import hashlib
 import itertools
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..prompts import CandidateView, stage1_messages
+from ..format import NO, YES
+from ..prompts import candidate_view, stage1_messages, stage2_messages
 from ..schema import Candidate, RerankExample
-from ..prompts import stage2_messages
 
-__all__ = ["split_by_question", "stage1_dataset", "stage1_records", "stage2_dataset", "stage2_records", "to_dataset"]
+__all__ = ["Stage1Unit", "Stage2Unit", "split_by_question", "stage1_records", "stage1_units", "stage2_records", "stage2_units",
+           "to_dataset"]
+
+
+@dataclass
+class Stage1Unit:
+    """One point-wise training unit: a query, one of its candidates, and whether it is relevant (``"yes"``/``"no"``)."""
+
+    example: RerankExample
+    candidate: Candidate
+    label: str
+
+
+@dataclass
+class Stage2Unit:
+    """One list-wise unit: a query's K chosen candidates in one shown order (``order[0]`` is ``[1]``)."""
+
+    example: RerankExample
+    order: list[Candidate]
+    permutation: int
+
+    @property
+    def gold_ids(self) -> list[int]:
+        """1-based positions of the positives in this order, ascending."""
+        positives = set(self.example.positives)
+        return [i for i, c in enumerate(self.order, start=1) if c.id in positives]
 
 
 def split_by_question(examples: Sequence[RerankExample], held_out_fraction: float = 0.2,
@@ -60,14 +89,37 @@ def split_by_question(examples: Sequence[RerankExample], held_out_fraction: floa
     return [e for e in examples if e.qid not in held], [e for e in examples if e.qid in held]
 
 
-def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: int = 1, seed: int = 0,
-                   with_images: bool = False, reasoning: bool = False, *, data_file: str | Path | None = None,
-                   tokenizer=None, max_text_tokens: int | None = 256) -> list[dict]:
+def stage1_units(examples: Sequence[RerankExample], negatives_per_positive: int = 1, seed: int = 0) -> list[Stage1Unit]:
     """Balanced stage-1 units: every positive of a query, plus hard negatives from the same query (SPEC §3).
 
     For each query with at least one positive, ``min(len(positives) * negatives_per_positive, #non-positives)``
     negatives are sampled without replacement from its non-positive candidates; the query's units are then
     shuffled. Queries without positives are skipped (no label balance is possible).
+
+    Raises:
+        ValueError: ``negatives_per_positive`` < 0.
+    """
+    if negatives_per_positive < 0:
+        raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
+    units: list[Stage1Unit] = []
+    for ex in examples:
+        positives = set(ex.positives)
+        if not positives:
+            continue
+        rng = _rng(seed, "stage1", ex.qid)
+        pos = [c for c in ex.candidates if c.id in positives]
+        pool = [c for c in ex.candidates if c.id not in positives]
+        neg = rng.sample(pool, min(len(pos) * negatives_per_positive, len(pool)))
+        chosen = [(c, YES) for c in pos] + [(c, NO) for c in neg]
+        rng.shuffle(chosen)
+        units += [Stage1Unit(ex, cand, label) for cand, label in chosen]
+    return units
+
+
+def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: int = 1, seed: int = 0,
+                   with_images: bool = False, reasoning: bool = False, *, data_file: str | Path | None = None,
+                   tokenizer=None, max_text_tokens: int | None = 256) -> list[dict]:
+    """Stage-1 training records of :func:`stage1_units`, in TRL's conversational prompt format.
 
     Args:
         examples: Rerank examples.
@@ -77,7 +129,7 @@ def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: in
             file path) and its prompt an image part. Candidates without ``image_path`` stay text-only.
         reasoning: Ask for ``<think>`` reasoning before the answer.
         data_file: The JSONL file the examples were read from; relative ``image_path`` values are resolved
-            against its folder (against the working directory without it).
+            against its folder (required with ``with_images``).
         tokenizer: Cuts candidate text to ``max_text_tokens`` tokens (no cut without it).
         max_text_tokens: Token budget of the candidate text.
 
@@ -87,46 +139,56 @@ def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: in
 
     Raises:
         ValueError: ``negatives_per_positive`` < 0.
-        FileNotFoundError: ``with_images`` and a candidate's image file does not exist.
+        mmrag_agent.schema.DatasetError: ``with_images`` and a candidate's image is missing or outside the folder.
 
     Example:
-        >>> recs = stage1_records(read_rerank_examples("shared/data/mmqa-image/train.jsonl"))
+        >>> recs = stage1_records(read_rerank_examples("train.jsonl"))
         >>> recs[0]["label"], recs[0]["prompt"][1]["role"]
         ('no', 'user')
     """
-    if negatives_per_positive < 0:
-        raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
     records: list[dict] = []
-    for ex in examples:
-        positives = set(ex.positives)
-        if not positives:
-            continue
-        rng = _rng(seed, "stage1", ex.qid)
-        pos = [c for c in ex.candidates if c.id in positives]
-        pool = [c for c in ex.candidates if c.id not in positives]
-        neg = rng.sample(pool, min(len(pos) * negatives_per_positive, len(pool)))
-        units = [(c, "yes") for c in pos] + [(c, "no") for c in neg]
-        rng.shuffle(units)
-        for cand, label in units:
-            view, image = _view(cand, with_images, data_file)
-            record = {"prompt": stage1_messages(ex.query, view, with_image=with_images, tokenizer=tokenizer,
-                                                max_text_tokens=max_text_tokens, reasoning=reasoning),
-                      "label": label, "qid": ex.qid, "candidate_id": cand.id}
-            if image is not None:
-                record["image"] = image
-            records.append(record)
+    for unit in stage1_units(examples, negatives_per_positive, seed):
+        view = candidate_view(unit.candidate, data_file, with_image=with_images)
+        record = {"prompt": stage1_messages(unit.example.query, view, with_image=with_images, tokenizer=tokenizer,
+                                            max_text_tokens=max_text_tokens, reasoning=reasoning),
+                  "label": unit.label, "qid": unit.example.qid, "candidate_id": unit.candidate.id}
+        if view.image is not None:
+            record["image"] = view.image
+        records.append(record)
     return records
 
 
-def stage2_records(examples: Sequence[RerankExample], k: int = 5, permutations: int = 3, seed: int = 0,
-                   with_images: bool = False, *, data_file: str | Path | None = None, tokenizer=None,
-                   max_text_tokens: int | None = 256) -> list[dict]:
+def stage2_units(examples: Sequence[RerankExample], k: int = 5, permutations: int = 3, seed: int = 0) -> list[Stage2Unit]:
     """Stage-2 units: each query with K candidates shown in several distinct orders (SPEC §4).
 
     Per query: up to ``k`` positives (a seeded sample when there are more), filled up to ``k`` with hard
     negatives sampled from its other candidates (fewer when the pool is smaller). The same K candidates are
     then shown in ``min(permutations, K!)`` distinct shuffled orders, so that position is not a cue. Queries
     without positives are skipped.
+
+    Raises:
+        ValueError: ``k`` < 1 or ``permutations`` < 1.
+    """
+    if k < 1 or permutations < 1:
+        raise ValueError(f"k and permutations must be >= 1, got k={k}, permutations={permutations}")
+    units: list[Stage2Unit] = []
+    for ex in examples:
+        positives = set(ex.positives)
+        if not positives:
+            continue
+        rng = _rng(seed, "stage2", ex.qid)
+        pos = [c for c in ex.candidates if c.id in positives]
+        pool = [c for c in ex.candidates if c.id not in positives]
+        chosen = rng.sample(pos, min(k, len(pos)))
+        chosen += rng.sample(pool, min(k - len(chosen), len(pool)))
+        units += [Stage2Unit(ex, order, p) for p, order in enumerate(_distinct_orders(chosen, permutations, rng))]
+    return units
+
+
+def stage2_records(examples: Sequence[RerankExample], k: int = 5, permutations: int = 3, seed: int = 0,
+                   with_images: bool = False, *, data_file: str | Path | None = None, tokenizer=None,
+                   max_text_tokens: int | None = 256) -> list[dict]:
+    """Stage-2 training records of :func:`stage2_units`, in TRL's conversational prompt format.
 
     Args:
         examples: Rerank examples.
@@ -146,35 +208,23 @@ def stage2_records(examples: Sequence[RerankExample], k: int = 5, permutations: 
 
     Raises:
         ValueError: ``k`` < 1 or ``permutations`` < 1.
-        FileNotFoundError: ``with_images`` and a candidate's image file does not exist.
+        mmrag_agent.schema.DatasetError: ``with_images`` and a candidate's image is missing or outside the folder.
 
     Example:
-        >>> recs = stage2_records(read_rerank_examples("shared/data/mmqa-image/train.jsonl"), k=5)
+        >>> recs = stage2_records(read_rerank_examples("train.jsonl"), k=5)
         >>> len(recs[0]["candidate_ids"]), recs[0]["gold_ids"]
         (5, [2])
     """
-    if k < 1 or permutations < 1:
-        raise ValueError(f"k and permutations must be >= 1, got k={k}, permutations={permutations}")
     records: list[dict] = []
-    for ex in examples:
-        positives = set(ex.positives)
-        if not positives:
-            continue
-        rng = _rng(seed, "stage2", ex.qid)
-        pos = [c for c in ex.candidates if c.id in positives]
-        pool = [c for c in ex.candidates if c.id not in positives]
-        chosen = rng.sample(pos, min(k, len(pos)))
-        chosen += rng.sample(pool, min(k - len(chosen), len(pool)))
-        views = {c.id: _view(c, with_images, data_file) for c in chosen}
-        for p, order in enumerate(_distinct_orders(chosen, permutations, rng)):
-            shown = [views[c.id] for c in order]
-            record = {"prompt": stage2_messages(ex.query, [v for v, _ in shown], with_images, tokenizer, max_text_tokens),
-                      "gold_ids": [i for i, c in enumerate(order, start=1) if c.id in positives],
-                      "answers": list(ex.answers), "keywords": ex.keywords, "qtype": ex.qtype,
-                      "candidate_ids": [c.id for c in order], "qid": ex.qid, "permutation": p}
-            if with_images:
-                record["images"] = [img for _, img in shown if img is not None]
-            records.append(record)
+    for unit in stage2_units(examples, k, permutations, seed):
+        ex = unit.example
+        shown = [candidate_view(c, data_file, with_image=with_images) for c in unit.order]
+        record = {"prompt": stage2_messages(ex.query, shown, with_images, tokenizer, max_text_tokens),
+                  "gold_ids": unit.gold_ids, "answers": list(ex.answers), "keywords": ex.keywords, "qtype": ex.qtype,
+                  "candidate_ids": [c.id for c in unit.order], "qid": ex.qid, "permutation": unit.permutation}
+        if with_images:
+            record["images"] = [v.image for v in shown if v.image is not None]
+        records.append(record)
     return records
 
 
@@ -210,29 +260,11 @@ def to_dataset(records: Sequence[dict]):
     return Dataset.from_list([{key: r.get(key) for key in columns} for r in records])
 
 
-def stage1_dataset(examples: Sequence[RerankExample], **kwargs: Any):
-    """:func:`to_dataset` of :func:`stage1_records` (same keyword arguments)."""
-    return to_dataset(stage1_records(examples, **kwargs))
-
-
-def stage2_dataset(examples: Sequence[RerankExample], **kwargs: Any):
-    """:func:`to_dataset` of :func:`stage2_records` (same keyword arguments)."""
-    return to_dataset(stage2_records(examples, **kwargs))
-
 
 def _rng(seed: int, stage: str, qid: str) -> random.Random:
     return random.Random(f"{seed}:{stage}:{qid}")
 
 
-def _view(cand: Candidate, with_images: bool, data_file: str | Path | None) -> tuple[CandidateView, str | None]:
-    image = None
-    if with_images and cand.image_path:
-        path = cand.image_file(data_file) if data_file is not None else Path(cand.image_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"candidate '{cand.id}': image file {path} does not exist; fix image_path, pass "
-                                    f"data_file= (the JSONL it was read from), or train without images")
-        image = str(path)
-    return CandidateView(text=cand.text, title=cand.title, image=image, modality=cand.modality), image
 
 
 def _distinct_orders(items: list, count: int, rng: random.Random) -> list[list]:

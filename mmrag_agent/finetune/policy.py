@@ -4,7 +4,9 @@
   continued as a trainable adapter (LoRA) or merged into its base (full fine-tuning, reloaded from disk so
   that TRL's reference model, loaded from the policy's path, is the same weights).
 * :func:`stage2_start`: stage 2 starts from the stage-1 output (default) or the base model.
-* :func:`lora_config`: SPEC §4 LoRA on the language model's attention and MLP projections, off the vision tower.
+* :func:`lora_config`: the LoRA config of ``trl.get_peft_config`` (SPEC §4: the language model's attention and
+  MLP projections), kept off the vision tower.
+* :func:`adapter_base`: the base model of a PEFT adapter directory, read with PEFT's own ``PeftConfig``.
 * :func:`training_processor`: the processing class handed to ``GRPOTrainer`` (assistant prefix in the chat
   template; VLM batches mixing image and text prompts); :class:`SaveOriginalProcessor` keeps checkpoints clean.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from contextlib import contextmanager
@@ -20,9 +23,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..model_card import read_model_card
 from ..models.loading import LoadedModel, load_model
 from .config import VISION_MODULES_REGEX, Stage2Config, StageConfig
-from .model_card import read_model_card
 
 __all__ = ["SaveOriginalProcessor", "StartModel", "adapter_base", "as_loaded", "load_start_model", "lora_config",
            "save_warm_start", "stage2_start", "training_processor"]
@@ -47,17 +50,18 @@ class StartModel:
 
 def stage2_start(config: Stage2Config) -> str:
     """Where stage 2 starts: ``stage1_output`` (``init_from="stage1"``, the default when it is given), else the base
-    model: ``model``, or the base the stage-1 output was trained from (its model card / adapter config).
+    model: ``model_name_or_path``, or the base the stage-1 output was trained from (its model card / adapter config).
 
     Raises:
-        ValueError: Neither ``stage1_output`` nor ``model`` is given.
+        ValueError: Neither ``stage1_output`` nor ``model_name_or_path`` is given.
     """
-    card = read_model_card(config.stage1_output) if config.stage1_output else None
     if config.init_from == "stage1" and config.stage1_output:
         return config.stage1_output
-    base = config.model or (card or {}).get("base_model") or (adapter_base(config.stage1_output) if config.stage1_output else None)
+    card = read_model_card(config.stage1_output) if config.stage1_output else None
+    base = config.model_name_or_path or (card.base_model if card else None) or adapter_base(config.stage1_output)
     if not base:
-        raise ValueError("stage 2 needs a starting model: stage1_output (the stage-1 output directory) or model")
+        raise ValueError("stage 2 needs a starting model: stage1_output (the stage-1 output directory, --stage1) "
+                         "or model_name_or_path (--model)")
     return base
 
 
@@ -65,7 +69,7 @@ def load_start_model(config: StageConfig, start: str, out: Path, resume: str | N
     """Load the policy training starts from.
 
     Args:
-        config: The run (``use_lora``, ``model_dtype``, pixel bounds, ...).
+        config: The run (``use_peft``, ``dtype``, pixel bounds, ...).
         start: A model (hub id, directory, ``.gguf``, preset) or an adapter directory.
         out: The output directory (a merged adapter is written to ``out/init`` for full fine-tuning).
         resume: The checkpoint being resumed: the run then starts from its own warm start (``out/sft``) if any.
@@ -76,17 +80,17 @@ def load_start_model(config: StageConfig, start: str, out: Path, resume: str | N
     """
     from peft import PeftModel
 
-    init_from, base_model = str(start), adapter_base(start) or _base_of(start)
-    kind = "lora" if config.use_lora else "full"
+    init_from, base_model = str(start), _base_of(start)
+    kind = "lora" if config.use_peft else "full"
     if resume and (out / "sft").is_dir():  # a resumed run continues from its own warm start
         start = str(out / "sft")
-    kwargs = dict(dtype=config.model_dtype if config.model_dtype != "auto" else ("bfloat16" if config.bf16 else "float32"),
+    kwargs = dict(dtype=config.dtype if config.dtype != "auto" else ("bfloat16" if config.bf16 else "float32"),
                   attn_implementation=config.attn_implementation, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
     base = adapter_base(start)
     if base is None:
         return StartModel(_on_device(load_model(start, **kwargs), config), base_model, init_from, kind)
     loaded = load_model(base, **kwargs)
-    if config.use_lora:  # continue the adapter (GRPOTrainer keeps a frozen copy of it as the reference policy)
+    if config.use_peft:  # continue the adapter (GRPOTrainer keeps a frozen copy of it as the reference policy)
         loaded.model = PeftModel.from_pretrained(loaded.model, start, is_trainable=True)
         return StartModel(_on_device(loaded, config), base_model, init_from, kind)
     # Full fine-tuning from an adapter: merge it and reload from disk, so that TRL's reference model is the same
@@ -106,7 +110,7 @@ def save_warm_start(config: StageConfig, out: Path, start: StartModel, model) ->
             shutil.rmtree(sft_dir, ignore_errors=True)
             model.save_pretrained(sft_dir)
             start.loaded.processor.save_pretrained(sft_dir)
-    if config.use_lora:
+    if config.use_peft:
         start.loaded.model = model
         return start
     # Full: reload from disk so that TRL's reference model (loaded from the model's path) is the warm-started one
@@ -115,12 +119,18 @@ def save_warm_start(config: StageConfig, out: Path, start: StartModel, model) ->
 
 
 def lora_config(config: StageConfig, loaded: LoadedModel):
-    """The ``peft.LoraConfig`` of the run: r / alpha / dropout / target modules, the vision tower excluded."""
-    from peft import LoraConfig
+    """The ``peft.LoraConfig`` of the run: ``trl.get_peft_config`` of its ``ModelConfig`` fields (r, alpha, dropout,
+    target modules, rsLoRA / DoRA ...), with the vision tower of a VLM excluded (``lora_exclude_vision``).
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM",
-                      exclude_modules=VISION_MODULES_REGEX if loaded.is_vision and config.lora_exclude_vision else None)
+    Returns:
+        The ``LoraConfig``, or None for full fine-tuning (``use_peft`` false).
+    """
+    from trl import get_peft_config
+
+    peft_config = get_peft_config(config)
+    if peft_config is not None and loaded.is_vision and config.lora_exclude_vision:
+        peft_config = dataclasses.replace(peft_config, exclude_modules=VISION_MODULES_REGEX)
+    return peft_config
 
 
 def training_processor(processor, prefix: str):
@@ -174,11 +184,19 @@ def as_loaded(model, like: LoadedModel) -> LoadedModel:
 
 
 def adapter_base(path: str | Path | None) -> str | None:
-    """The ``base_model_name_or_path`` of a PEFT adapter directory; None when ``path`` is not one."""
-    config = Path(path) / "adapter_config.json" if path else None
-    if config is None or not config.is_file():
+    """The ``base_model_name_or_path`` of a local PEFT adapter directory (read with ``peft.PeftConfig``); None when
+    ``path`` is not one. Hub ids are never looked up here.
+
+    Example:
+        >>> adapter_base("runs/s1")
+        'HuggingFaceTB/SmolLM2-135M-Instruct'
+    """
+    from peft import PeftConfig
+    from peft.utils import CONFIG_NAME
+
+    if not path or not (Path(path) / CONFIG_NAME).is_file():
         return None
-    return json.loads(config.read_text()).get("base_model_name_or_path")
+    return PeftConfig.from_pretrained(str(path)).base_model_name_or_path
 
 
 def _on_device(loaded: LoadedModel, config: StageConfig) -> LoadedModel:
@@ -199,5 +217,6 @@ def _main_process_first():
 
 
 def _base_of(start: str) -> str:
+    """The base weights behind a start: the model card's ``base_model``, an adapter's base, or ``start`` itself."""
     card = read_model_card(start) if Path(start).is_dir() else None
-    return (card or {}).get("base_model") or str(start)
+    return (card.base_model if card else None) or adapter_base(start) or str(start)

@@ -10,70 +10,33 @@ Weights and options are keyword parameters, so a variant is ``functools.partial(
 format_weight=0.2)``; TRL names a partial after the wrapped function's ``__name__``.
 
 Stage 1: ``<answer>yes</answer>`` / ``<answer>no</answer>`` (optionally after ``<think>...</think>``).
-Stage 2: ``<think>...</think><rank>[3] > [1]</rank><answer>... [3]</answer>``, parsed by the same
-:func:`~mmrag_agent.postprocessors.stage2_output.parse_stage2_output` that reads the model's output at
-inference, so the format rewarded in training is the format read in use. Rank and answer rewards are
-**gated**: 0 when the format is invalid (``gated=False`` scores what the tolerant parser recovers).
+Stage 2: ``<think>...</think><rank>[3] > [1]</rank><answer>... [3]</answer>``. Both are read by the parsers of
+:mod:`mmrag_agent.format`, the same code that reads the model's output at inference and in held-out
+evaluation, so the format rewarded in training is the format read in use (citations included: ``[1, 3]`` and
+``[1][3]`` count alike everywhere). Rank and answer rewards are **gated**: 0 when the format is invalid
+(``gated=False`` scores what the tolerant parser recovers).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 from ..eval.ranking import ndcg_at_k, set_prf
-from ..postprocessors.stage2_output import Stage2Output, format_reward_ok, parse_stage2_output
+from ..format import MAX_ID_DIGITS, Stage2Output, completion_text, parse_stage1_output, parse_stage2_output, stage2_format_ok
 
 __all__ = [
     "completion_text", "stage1_accuracy_reward", "stage1_format_reward", "stage1_total_reward",
     "stage2_answer_reward", "stage2_format_reward", "stage2_rank_reward", "stage2_total_reward",
 ]
 
-_S1_PLAIN = re.compile(r"\s*<answer>\s*(yes|no)\s*</answer>\s*", re.IGNORECASE)
-_S1_THINK = re.compile(r"\s*<think>((?:(?!</?think>|</?answer>).)*)</think>\s*<answer>\s*(yes|no)\s*</answer>\s*",
-                       re.IGNORECASE | re.DOTALL)
-_CITATION = re.compile(r"\[\s*\d+\s*\]")
 
 
-def completion_text(completion: Any) -> str:
-    """The text of one completion: a string as is, or the assistant content of a conversational completion.
-
-    Args:
-        completion: A string, or a list of messages ``{"role", "content"}`` whose content is a string or a
-            list of ``{"type": "text", "text": ...}`` parts.
-
-    Returns:
-        The concatenated assistant text ("" for anything else).
-
-    Example:
-        >>> completion_text([{"role": "assistant", "content": "<answer>yes</answer>"}])
-        '<answer>yes</answer>'
-    """
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        completion = [completion]
-    texts = []
-    for message in completion or []:
-        if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts += [p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text"]
-    return "".join(texts)
 
 
 # --- stage 1 ----------------------------------------------------------------------------------------------
 
 def _stage1_answer(text: str, reasoning: bool | None) -> str | None:
-    match = None
-    if reasoning is not True:
-        match = _S1_PLAIN.fullmatch(text)
-    if match is None and reasoning is not False:
-        match = _S1_THINK.fullmatch(text)
-    return match.groups()[-1].lower() if match else None
+    return parse_stage1_output(text, reasoning).answer
 
 
 def stage1_format_reward(completions: Sequence[Any], reasoning: bool | None = None, prefix: str = "",
@@ -146,7 +109,7 @@ def _parse(completion: Any, prefix: str, num_candidates: int) -> Stage2Output:
 def stage2_format_reward(completions: Sequence[Any], prefix: str = "", **kwargs: Any) -> list[float]:
     """1.0 when ``<think>``, ``<rank>``, ``<answer>`` appear once each, in order, well formed; else 0.0.
 
-    The rule is :func:`~mmrag_agent.postprocessors.stage2_output.format_reward_ok`, the same check the
+    The rule is :func:`~mmrag_agent.format.stage2_format_ok`, the same check the
     stage-2 parser reports as ``format_ok`` at inference and in held-out evaluation: each of the six tags
     exactly once and spelled canonically, only whitespace outside the three blocks, non-empty ``<think>`` and
     ``<answer>``, and a rank body of bracketed integer ids separated by ``>``, ``,``, ``;`` or whitespace
@@ -164,7 +127,7 @@ def stage2_format_reward(completions: Sequence[Any], prefix: str = "", **kwargs:
         >>> stage2_format_reward(["<think>t</think><rank>[2]</rank><answer>a [2]</answer>", "<answer>a</answer>"])
         [1.0, 0.0]
     """
-    return [float(format_reward_ok(prefix + completion_text(c))) for c in completions]
+    return [float(stage2_format_ok(prefix + completion_text(c))) for c in completions]
 
 
 def stage2_rank_reward(completions: Sequence[Any], gold_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[str]] | None = None,
@@ -252,7 +215,7 @@ def stage2_answer_reward(completions: Sequence[Any], answers: Sequence[Sequence[
             scores.append(None)
             continue
         parsed = _parse(completion, prefix, 0)  # the answer does not depend on K
-        text = " ".join(_CITATION.sub(" ", parsed.answer).split()) if parsed.format_ok or not gated else ""
+        text = parsed.answer_text if parsed.format_ok or not gated else ""
         if not text:
             scores.append(0.0)
             continue
@@ -293,7 +256,8 @@ def stage2_total_reward(completions: Sequence[Any], gold_ids: Sequence[Sequence[
 
 def _position(item: str, size: int) -> str:
     """``"3"`` for a valid 1-based id; a marker that matches no gold id for anything else."""
-    return str(int(item)) if re.fullmatch(r"[0-9]+", item) and 1 <= int(item) <= size else f"invalid:{item}"
+    valid = item.isascii() and item.isdigit() and len(item) <= MAX_ID_DIGITS and 1 <= int(item) <= size
+    return str(int(item)) if valid else f"invalid:{item[:20]}"
 
 
 def _unit(value: float) -> float:

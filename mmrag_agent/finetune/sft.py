@@ -17,48 +17,38 @@ import random
 from typing import Any, Callable, Sequence
 
 from ..models.loading import LoadedModel
-from ..prompts import ANSWER_CLOSE, ANSWER_OPEN, RANK_CLOSE, RANK_OPEN, THINK_CLOSE, THINK_OPEN, candidate_marker
+from ..format import stage1_completion, stage2_completion
+from ..models.generation import Sampling
 from .evaluation import generate_completions
 
 __all__ = ["format_probe", "sft_dataset", "sft_warm_start", "stage1_target", "stage2_target"]
 
 
-def stage1_target(record: dict, reasoning: bool = False) -> str:
-    """The gold-formatted stage-1 completion of a record: ``<answer>yes</answer>`` (with ``<think>`` in reasoning mode).
+def stage1_target(record: dict, reasoning: bool = False, prefix: str = "") -> str:
+    """The gold-formatted stage-1 completion of a record, after the pre-filled ``prefix`` (:func:`mmrag_agent.format.stage1_completion`).
 
     Example:
-        >>> stage1_target({"label": "no"})
-        '<answer>no</answer>'
+        >>> stage1_target({"label": "no"}, prefix="<answer>")
+        'no</answer>'
     """
-    answer = f"{ANSWER_OPEN}{record['label']}{ANSWER_CLOSE}"
-    if not reasoning:
-        return answer
-    verdict = "helps answer" if record["label"] == "yes" else "does not help answer"
-    return f"{THINK_OPEN}Judged alone, the candidate {verdict} the question.{THINK_CLOSE}{answer}"
+    return stage1_completion(record["label"], reasoning, prefix)
 
 
-def stage2_target(record: dict) -> str:
-    """The gold-formatted stage-2 completion: template reasoning, the gold ids ranked, the first gold answer cited.
+def stage2_target(record: dict, prefix: str = "") -> str:
+    """The gold-formatted stage-2 completion of a record, after ``prefix``: template reasoning, the gold ids ranked,
+    the first gold answer cited (:func:`mmrag_agent.format.stage2_completion`).
 
     Example:
-        >>> stage2_target({"gold_ids": [3, 1], "answers": ["green"], "candidate_ids": ["a", "b", "c"]})
-        '<think>Candidates [3], [1] are relevant to the question; the others are not.</think><rank>[3] > [1]</rank><answer>green [3]</answer>'
+        >>> stage2_target({"gold_ids": [3, 1], "answers": ["green"]}, prefix="<think>")
+        'Candidates [3], [1] are relevant to the question; the others are not.</think><rank>[3] > [1]</rank><answer>green [3]</answer>'
     """
-    gold = list(record["gold_ids"])
-    marks = [candidate_marker(i) for i in gold]
-    if marks:
-        lead = f"Candidate {marks[0]} is" if len(marks) == 1 else f"Candidates {', '.join(marks)} are"
-        think = f"{lead} relevant to the question; the others are not."
-    else:
-        think = "No candidate is relevant to the question."
     answers = record.get("answers") or []
-    answer = (answers[0] if answers else "unknown") + (f" {marks[0]}" if marks else "")
-    return f"{THINK_OPEN}{think}{THINK_CLOSE}{RANK_OPEN}{' > '.join(marks)}{RANK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+    return stage2_completion(record["gold_ids"], answers[0] if answers else None, prefix)
 
 
 def format_probe(loaded: LoadedModel, records: Sequence[dict], format_reward: Callable[..., list[float]], prompts: int = 8,
                  generations: int = 4, max_new_tokens: int = 16, temperature: float = 1.0, assistant_prefix: str = "",
-                 seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
+                 seed: int = 0, batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
     """Sample completions of a few training prompts and measure how many are in the format.
 
     Args:
@@ -72,28 +62,47 @@ def format_probe(loaded: LoadedModel, records: Sequence[dict], format_reward: Ca
         assistant_prefix: Pre-filled assistant text (as in training).
         seed: Seed of the prompt choice and of the sampling.
         batch_size: Prompts per ``generate`` call.
+        progress: Show a progress bar over the sampled completions (with ETA from the first batch).
 
     Returns:
         ``{"format_rate", "completions" (up to 8 examples), "n"}``.
     """
     import torch
+    from tqdm.auto import tqdm
 
     chosen = random.Random(seed).sample(list(records), min(prompts, len(records)))
     torch.manual_seed(seed)
-    texts = generate_completions(loaded, [r["prompt"] for r in chosen], [r.get("images") for r in chosen],
-                                 assistant_prefix=assistant_prefix, max_new_tokens=max_new_tokens, do_sample=True,
-                                 temperature=temperature, num_return_sequences=generations, batch_size=batch_size)
+    texts: list[str] = []
+    with tqdm(total=len(chosen) * generations, desc="format probe", unit="completion", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(chosen), batch_size):  # one generate call per batch, as generate_completions does
+            batch = chosen[start:start + batch_size]
+            texts += generate_completions(loaded, [r["prompt"] for r in batch], [r.get("images") for r in batch],
+                                          assistant_prefix=assistant_prefix, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                          sampling=Sampling(do_sample=True, temperature=temperature,
+                                                            num_return_sequences=generations))
+            bar.update(len(batch) * generations)
     scores = format_reward(texts)
     return {"format_rate": sum(scores) / max(len(scores), 1), "n": len(scores), "completions": texts[:8]}
 
 
-def sft_dataset(records: Sequence[dict], targets: Sequence[str]):
-    """A prompt-completion dataset for ``trl.SFTTrainer``: ``prompt``, ``completion`` (and ``images``)."""
+def sft_dataset(records: Sequence[dict], targets: Sequence[str], prefix: str = ""):
+    """A prompt-completion dataset for ``trl.SFTTrainer``: ``prompt``, ``completion`` (and ``images``).
+
+    ``SFTTrainer`` renders prompt + completion with the original chat template (no pre-filled prefix), so each
+    completion is the whole assistant turn, ``prefix + target``: the trained tokens are then exactly the GRPO
+    prompt (which ends with ``prefix``) followed by the target, as serving sees them.
+
+    Args:
+        records: Training records (``prompt``, and ``images`` where images are shown).
+        targets: Gold-formatted completions after ``prefix`` (:func:`stage1_target`, :func:`stage2_target`).
+        prefix: The assistant prefix of the run.
+    """
     from .datasets import to_dataset
 
     rows = []
     for record, target in zip(records, targets, strict=True):
-        row = {"prompt": record["prompt"], "completion": [{"role": "assistant", "content": target}]}
+        row = {"prompt": record["prompt"], "completion": [{"role": "assistant", "content": prefix + target}]}
         if "images" in record:
             row["images"] = record["images"]
         rows.append(row)
@@ -111,7 +120,7 @@ def sft_warm_start(model, processing_class, dataset, config, peft_config=None, o
         processing_class: Its *original* tokenizer / processor (no pre-filled prefix in the template).
         dataset: From :func:`sft_dataset`.
         config: The stage config: ``sft_max_steps``, ``sft_learning_rate``, ``sft_batch_size``, precision,
-            ``seed``, ``gradient_checkpointing`` and the device settings are read from it.
+            ``seed``, ``activation_checkpointing``, ``progress_bar`` and the device settings are read from it.
         peft_config: A ``LoraConfig`` to create a fresh adapter (None: train ``model`` as it is).
         output_dir: Where SFTTrainer may write (logs); nothing is saved there by this function.
 
@@ -125,9 +134,9 @@ def sft_warm_start(model, processing_class, dataset, config, peft_config=None, o
         per_device_train_batch_size=config.sft_batch_size or config.per_device_train_batch_size,
         learning_rate=config.sft_learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, config.sft_max_steps // 5),
         logging_steps=max(1, config.sft_max_steps // 10), save_strategy="no", report_to="none", seed=config.seed,
-        bf16=config.bf16, fp16=config.fp16, use_cpu=config.use_cpu, gradient_checkpointing=config.gradient_checkpointing,
+        bf16=config.bf16, fp16=config.fp16, use_cpu=config.use_cpu, activation_checkpointing=config.activation_checkpointing,
         max_length=None, completion_only_loss=True, remove_unused_columns=True, disable_tqdm=True,
-        ddp_find_unused_parameters=config.ddp_find_unused_parameters,
+        ddp_find_unused_parameters=config.ddp_find_unused_parameters, dataloader_pin_memory=config.dataloader_pin_memory,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

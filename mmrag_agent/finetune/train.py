@@ -1,11 +1,15 @@
 """GRPO training of the two stages (SPEC §3–4) on TRL's ``GRPOTrainer``: :func:`train_stage1`, :func:`train_stage2`.
 
-Each entry point reads top to bottom: data → starting model → rewards → (probe + SFT warm start) → GRPO with
-periodic held-out evaluation → output directory. The output directory then holds
+Each entry point reads top to bottom: data (read and checked before anything is written) → starting model →
+training records → rewards → held-out evaluation, gathered in a :class:`~.steps.StageRun`; the shared steps
+(:mod:`.steps`) then run the format probe and the SFT warm start, GRPO with periodic held-out evaluation, and
+write the output directory. It then holds
 
 * the LoRA adapter (``adapter_config.json`` + weights, on the base named inside) or the full model,
 * the tokenizer / processor (the original one: the training copy's pre-filled chat template is not saved),
-* ``model_card.json`` (base model, data, rewards, steps, final metrics, held-out history, config),
+* ``model_card.json``: the :class:`~mmrag_agent.model_card.ModelCard` serving reads (stage, prompt version,
+  assistant prefix, reasoning mode, text budget, K, completion budget, base model, final held-out metrics) and,
+  under ``training``, the data, rewards, steps, warm start, held-out history and config,
 * ``log_history.json`` (TRL's per-step logs, ``frac_reward_zero_std`` included), ``held_out.jsonl``,
   ``training_curves.png``, ``checkpoint-N/`` (``save_steps``; ``resume_from_checkpoint="last"`` resumes),
   and ``sft/`` (the warm-started model, when the warm start ran; loadable on its own),
@@ -14,63 +18,33 @@ and loads directly with ``mmrag_agent.models.load_model(output_dir)`` and
 ``Stage1RelevanceFilter(model=output_dir)``.
 
 Example:
-    >>> result = train_stage1(Stage1Config(data="train.jsonl", model="smollm2", output_dir="runs/s1", max_steps=300))
-    >>> result.model_card["final_metrics"]["held_out"]["p@1"]
+    >>> result = train_stage1(Stage1Config(data="train.jsonl", model_name_or_path="smollm2", output_dir="runs/s1", max_steps=300))
+    >>> result.model_card.metrics["p@1"]
     >>> result2 = train_stage2(Stage2Config(data="train.jsonl", stage1_output="runs/s1", output_dir="runs/s2", max_steps=300))
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib
-import json
-import logging
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..models.loading import LoadedModel
-from ..schema import read_rerank_examples
-from .callbacks import HeldOutEvalCallback, ProgressBarCallback, format_rate_key, plot_curves
+from ..schema import DatasetError, read_rerank_examples
+from .callbacks import evaluate_in_chunks
 from .config import Stage1Config, Stage2Config, StageConfig
-from .datasets import split_by_question, stage1_records, stage2_records, to_dataset
+from .datasets import split_by_question, stage1_records, stage2_records
 from .evaluation import evaluate_stage1, evaluate_stage2
-from .model_card import write_model_card
-from .policy import (
-    SaveOriginalProcessor, StartModel, as_loaded, load_start_model, lora_config, save_warm_start, stage2_start,
-    training_processor,
-)
+from .policy import as_loaded, load_start_model, stage2_start
 from .rewards import (
     stage1_accuracy_reward, stage1_format_reward, stage2_answer_reward, stage2_format_reward, stage2_rank_reward,
 )
-from .sft import format_probe, sft_dataset, sft_warm_start, stage1_target, stage2_target
+from .sft import stage1_target, stage2_target
+from .steps import StageRun, TrainResult, resolve_output, run_stage, serving_card
 
-__all__ = ["TrainResult", "stage1_rewards", "stage2_rewards", "train_stage1", "train_stage2"]
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced.
-
-    Attributes:
-        output_dir: The output directory (loadable with ``load_model``).
-        model_card: The contents of ``model_card.json``.
-        log_history: TRL's logs, one dict per logged step (``reward``, ``frac_reward_zero_std``, ...).
-        held_out: Held-out evaluations ``{"step", "phase", "p@1", ...}``; phases ``initial`` (before any
-            training), ``sft`` (after the warm start), ``grpo`` (every ``eval_every`` steps), ``final``.
-        trainer: The ``GRPOTrainer`` (its model is the trained policy).
-    """
-
-    output_dir: Path
-    model_card: dict
-    log_history: list[dict]
-    held_out: list[dict]
-    trainer: Any = field(default=None, repr=False)
+__all__ = ["StageRun", "TrainResult", "load_examples", "stage1_rewards", "stage2_rewards", "train_stage1", "train_stage2"]
 
 
 def stage1_rewards(config: Stage1Config) -> tuple[list[Callable], list[float]]:
@@ -101,34 +75,42 @@ def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None =
 
     Returns:
         A :class:`TrainResult`; the output directory is ``config.output_dir``.
-    """
-    out, resume = _prepare_output(config)
 
-    # 1. Data: a train / held-out split by question; balanced (query, candidate, yes|no) units with hard negatives
-    train_examples, held_out, data_info = _load_examples(config)
-    start = load_start_model(config, config.model, out, resume)
+    Raises:
+        mmrag_agent.schema.DatasetError: A data file is not valid (nothing has been written then).
+        FileNotFoundError: A data file does not exist.
+    """
+    # 1. Data, read and checked before anything is written: a train / held-out split by question
+    train_examples, held_out, data_info = load_examples(config)
+    out, resume = resolve_output(config)
+
+    # 2. Starting model; balanced (query, candidate, yes|no) units with hard negatives
+    start = load_start_model(config, config.model_name_or_path, out, resume)
     with_images = _with_images(config, start.loaded)
     records = _images_as_lists(stage1_records(
         train_examples, config.negatives_per_positive, config.seed, with_images, config.reasoning, data_file=config.data,
         tokenizer=start.loaded.tokenizer, max_text_tokens=config.max_text_tokens))
-    dataset = to_dataset(records)
 
-    # 2. Rewards: format and format-gated accuracy, weighted by TRL (each logged as rewards/<name>/mean)
+    # 3. Rewards: format and format-gated accuracy, weighted by TRL (each logged as rewards/<name>/mean)
     funcs, weights = stage1_rewards(config) if reward_funcs is None else (list(reward_funcs), config.reward_weights)
-    format_reward = functools.partial(stage1_format_reward, reasoning=config.reasoning, prefix=config.assistant_prefix)
 
-    # 3. Held-out evaluation: stage-1 P(relevant) ranking of each held-out query's candidates (P@1, MRR, ...)
+    # 4. Held-out evaluation: stage-1 P(relevant) ranking of each held-out query's candidates (P@1, MRR, ...)
     eval_file = config.eval_data or config.data
+    card = serving_card(config, start)  # the prompt settings serving will use, evaluated as such
 
     @_timed
     def evaluate(model) -> dict:
-        return evaluate_stage1(as_loaded(model, start.loaded), held_out, config.eval_batch_size, eval_file, with_images,
-                               config.max_text_tokens)
+        loaded = as_loaded(model, start.loaded)
+        return evaluate_in_chunks(
+            lambda chunk: evaluate_stage1(loaded, chunk, card, config.eval_batch_size, eval_file, with_images),
+            held_out, chunk_size=1, desc="held-out evaluation", progress=config.progress_bar)
 
-    # 4. Format probe and SFT warm start on gold-formatted targets, then GRPO
-    targets = [stage1_target(r, config.reasoning) for r in records]
-    return _run(config, out, resume, start, dataset, records, targets, funcs, weights, format_reward, evaluate, held_out,
-                data_info, list(callbacks))
+    # 5. Format probe and SFT warm start on gold-formatted targets, GRPO, output directory
+    return run_stage(StageRun(
+        config=config, out=out, resume=resume, start=start, records=records,
+        targets=[stage1_target(r, config.reasoning, config.assistant_prefix) for r in records], reward_funcs=funcs,
+        reward_weights=weights, evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks),
+        format_reward=functools.partial(stage1_format_reward, reasoning=config.reasoning, prefix=config.assistant_prefix)))
 
 
 def train_stage2(config: Stage2Config, reward_funcs: Sequence[Callable] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
@@ -144,113 +126,63 @@ def train_stage2(config: Stage2Config, reward_funcs: Sequence[Callable] | None =
 
     Returns:
         A :class:`TrainResult`.
-    """
-    out, resume = _prepare_output(config)
 
-    # 1. Data: K candidates per question (positives that fit + hard negatives) in several shuffled orders
-    train_examples, held_out, data_info = _load_examples(config)
+    Raises:
+        mmrag_agent.schema.DatasetError: A data file is not valid (nothing has been written then).
+        FileNotFoundError: A data file does not exist.
+    """
+    # 1. Data, read and checked before anything is written
+    train_examples, held_out, data_info = load_examples(config)
+    out, resume = resolve_output(config)
+
+    # 2. Starting model; K candidates per question (positives that fit + hard negatives) in several shuffled orders
     start = load_start_model(config, stage2_start(config), out, resume)
     with_images = _with_images(config, start.loaded)
     records = stage2_records(train_examples, config.k, config.permutations, config.seed, with_images, data_file=config.data,
                              tokenizer=start.loaded.tokenizer, max_text_tokens=config.max_text_tokens)
-    dataset = to_dataset(records)
 
-    # 2. Rewards: format, format-gated rank quality (NDCG + set F1) and answer accuracy
+    # 3. Rewards: format, format-gated rank quality (NDCG + set F1) and answer accuracy
     funcs, weights = stage2_rewards(config) if reward_funcs is None else (list(reward_funcs), config.reward_weights)
-    format_reward = functools.partial(stage2_format_reward, prefix=config.assistant_prefix)
 
-    # 3. Held-out evaluation: greedy completions parsed; rank metrics of the model's ranking, answer F1
+    # 4. Held-out evaluation: greedy completions parsed; rank metrics of the model's ranking, answer F1
     eval_file = config.eval_data or config.data
+    card = serving_card(config, start)  # the prompt settings serving will use, evaluated as such
 
     @_timed
     def evaluate(model) -> dict:
-        return evaluate_stage2(as_loaded(model, start.loaded), held_out, config.k, config.split_seed, with_images, eval_file,
-                               config.max_text_tokens, config.max_completion_length, config.assistant_prefix,
-                               config.eval_batch_size)
+        loaded = as_loaded(model, start.loaded)
+        return evaluate_in_chunks(
+            lambda chunk: evaluate_stage2(loaded, chunk, card, config.split_seed, eval_file, config.eval_batch_size),
+            held_out, chunk_size=config.eval_batch_size, desc="held-out evaluation", progress=config.progress_bar,
+            counts={"answer_f1": lambda chunk: sum(bool(e.positives and e.answers) for e in chunk)})
 
-    # 4. Format probe and SFT warm start, then GRPO
-    targets = [stage2_target(r) for r in records]
-    return _run(config, out, resume, start, dataset, records, targets, funcs, weights, format_reward, evaluate, held_out,
-                data_info, list(callbacks))
-
-
-# ------------------------------------------------------------------------------------------------ shared steps
-def _run(config: StageConfig, out: Path, resume: str | None, start: StartModel, dataset, records, targets, funcs, weights,
-         format_reward, evaluate, held_out, data_info: dict, callbacks: list) -> TrainResult:
-    """Probe → SFT warm start → GRPO → output directory (shared by both stages)."""
-    from accelerate import PartialState
-    from peft import PeftModel
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import GRPOTrainer
-
-    evaluating = config.eval_every > 0 and bool(held_out) and PartialState().is_main_process  # rank 0 evaluates
-    history = _held_out_history(out, resume)
-    peft_config = lora_config(config, start.loaded) if config.use_lora and not isinstance(start.loaded.model, PeftModel) else None
-
-    # Warm start: run when asked, or (auto) when the probe's format rate is below the threshold
-    warm: dict[str, Any] = {"mode": config.sft_warm_start, "ran": False}
-    if resume and (out / "sft" / "warm_start.json").is_file():
-        warm = json.loads((out / "sft" / "warm_start.json").read_text())  # the resumed run already warm-started
-    elif not resume:
-        if evaluating:
-            _record(history, out, 0, "initial", evaluate(start.loaded.model))
-        if config.sft_warm_start == "auto":
-            warm["probe"] = format_probe(start.loaded, records, format_reward, config.format_probe_prompts,
-                                         config.format_probe_generations, config.max_completion_length, config.temperature,
-                                         config.assistant_prefix, config.seed, config.eval_batch_size)
-            logger.info("format probe: %.3f of %d sampled completions in format", warm["probe"]["format_rate"], warm["probe"]["n"])
-        if config.sft_warm_start == "on" or (config.sft_warm_start == "auto" and warm["probe"]["format_rate"] < config.format_probe_threshold):
-            began = time.perf_counter()
-            model, sft_logs = sft_warm_start(start.loaded.model, start.loaded.processor, sft_dataset(records, targets), config,
-                                             peft_config, output_dir=str(out / "sft-run"))
-            start = save_warm_start(config, out, start, model)
-            shutil.rmtree(out / "sft-run", ignore_errors=True)
-            peft_config = None  # the adapter exists now: GRPO continues it (TRL keeps a frozen copy as reference)
-            warm.update(ran=True, steps=config.sft_max_steps, learning_rate=config.sft_learning_rate,
-                        seconds=round(time.perf_counter() - began, 2),
-                        loss=[h["loss"] for h in sft_logs if "loss" in h])
-            if PartialState().is_main_process:
-                (out / "sft" / "warm_start.json").write_text(json.dumps(warm, indent=2, default=str))
-            if evaluating:
-                _record(history, out, 0, "sft", evaluate(start.loaded.model))
-
-    # GRPO: TRL samples num_generations completions per prompt, scores them, and logs frac_reward_zero_std
-    args = _grpo_args(config, funcs, weights)
-    eval_callback = HeldOutEvalCallback(evaluate, config.eval_every if evaluating else 0, history, out / "held_out.jsonl")
-    trainer = GRPOTrainer(model=start.loaded.model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                          processing_class=training_processor(start.loaded.processor, config.assistant_prefix),
-                          peft_config=peft_config, callbacks=[eval_callback, *callbacks])
-    trainer.add_callback(SaveOriginalProcessor(start.loaded.processor))
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    if config.progress_bar:
-        trainer.add_callback(ProgressBarCallback(history, desc=f"stage {config.stage} GRPO"))
-    trainer.train(resume_from_checkpoint=resume)
-
-    # Output: adapter or full model, the original processor, model card, logs, curves
-    card = _finish(config, out, trainer, start, funcs, warm, history, data_info, len(dataset))
-    return TrainResult(out, card, list(trainer.state.log_history), history, trainer)
+    # 5. Format probe and SFT warm start, GRPO, output directory
+    return run_stage(StageRun(
+        config=config, out=out, resume=resume, start=start, records=records,
+        targets=[stage2_target(r, config.assistant_prefix) for r in records], reward_funcs=funcs, reward_weights=weights,
+        evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks),
+        format_reward=functools.partial(stage2_format_reward, prefix=config.assistant_prefix)))
 
 
-def _prepare_output(config: StageConfig) -> tuple[Path, str | None]:
-    from transformers.trainer_utils import get_last_checkpoint
+def load_examples(config: StageConfig) -> tuple[list, list, dict]:
+    """Read and check the training and held-out examples; split by question when there is no ``eval_data``.
 
+    Everything a data file can get wrong is found here, before a model loads or a file is written: a missing
+    file, a line that is not JSON or misses a field, a file that is not UTF-8, and (unless ``with_images`` is
+    false) an image file that does not exist.
+
+    Returns:
+        ``(train, held_out, data_info)``.
+
+    Raises:
+        mmrag_agent.schema.DatasetError: The one-line message names the file, line or candidate, and the fix.
+        FileNotFoundError: A data file does not exist.
+    """
     if not config.data:
         raise ValueError("config.data is required: the training rerank examples (JSONL)")
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resume = config.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("last", "auto", "true", "1"):
-        resume = get_last_checkpoint(str(out))
-        if resume is None:
-            logger.info("no checkpoint in %s: starting from scratch", out)
-    return out, resume
-
-
-def _load_examples(config: StageConfig) -> tuple[list, list, dict]:
-    examples = read_rerank_examples(config.data)
+    examples = _read_checked(config.data, config)
     if config.eval_data:
-        train, held_out = examples, read_rerank_examples(config.eval_data)
+        train, held_out = examples, _read_checked(config.eval_data, config)
     else:
         train, held_out = split_by_question(examples, config.held_out_fraction, config.split_seed)
     train = train[: config.max_train_queries] if config.max_train_queries else train
@@ -261,47 +193,29 @@ def _load_examples(config: StageConfig) -> tuple[list, list, dict]:
     return train, held_out, info
 
 
-def _grpo_args(config: StageConfig, funcs: list, weights: list[float] | None) -> StageConfig:
-    """The config handed to GRPOTrainer: reward weights filled in, extra reward callables replaced by their names."""
-    args = copy.copy(config)
-    if config.reward_weights is None and weights is not None:
-        args.reward_weights = list(weights)
-    if args.reward_weights is not None and len(args.reward_weights) != len(funcs):
-        raise ValueError(f"{len(args.reward_weights)} reward weights for {len(funcs)} reward functions")
-    if args.extra_reward_funcs:
-        args.extra_reward_funcs = [f if isinstance(f, str) else _callable_name(f) for f in args.extra_reward_funcs]
-    args.resume_from_checkpoint = None  # resolved already and passed to train()
-    return args
+def _read_checked(path: str, config: StageConfig) -> list:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    try:
+        examples = read_rerank_examples(path)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(path, None, None, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                           "save the file as UTF-8") from None
+    if config.with_images is not False:  # images may be shown: every image file must exist
+        for example in examples:
+            for number, candidate in enumerate(example.candidates):
+                image = candidate.image_file(path)
+                if image is not None and not image.is_file():
+                    raise DatasetError(path, None, f"candidates[{number}].image_path",
+                                       f"image file {image} of query '{example.qid}' does not exist",
+                                       "fix image_path (relative to the data file's folder), or train without images "
+                                       "(with_images: false)")
+    if not examples:
+        raise DatasetError(path, None, None, "no examples", "write one rerank example (JSON object) a line")
+    return examples
 
 
-def _finish(config, out: Path, trainer, start: StartModel, funcs, warm, history, data_info, n_records) -> dict:
-    """Save the model and the original processor; write logs, curves and ``model_card.json`` (rank 0)."""
-    from trl.trainer.utils import get_callable_name
-
-    trainer.save_model(str(out))
-    if not trainer.is_world_process_zero():
-        return {}
-    start.loaded.processor.save_pretrained(out)  # the original template, not the training copy with the prefix
-    shutil.rmtree(out / "ref", ignore_errors=True)  # TRL's frozen reference adapter: not part of the output
-    logs = list(trainer.state.log_history)
-    (out / "log_history.json").write_text(json.dumps(logs, indent=1, default=str))
-    if config.curves:
-        plot_curves(logs, history, out / "training_curves.png", title=f"stage {config.stage} GRPO: {Path(config.output_dir).name}")
-    weights = list(trainer.args.reward_weights or [1.0] * len(funcs))
-    card = {
-        "stage": config.stage, "kind": start.kind, "base_model": start.base_model, "init_from": start.init_from,
-        "data": {**data_info, "train_records": n_records},
-        "rewards": [{"name": get_callable_name(f), "weight": w} for f, w in zip(funcs, weights)],
-        "steps": trainer.state.global_step, "assistant_prefix": config.assistant_prefix,
-        "reasoning": getattr(config, "reasoning", True), "sft_warm_start": warm,
-        "final_metrics": {"train": _train_summary(logs), "held_out": _strip(history[-1]) if history else None},
-        "held_out_history": history, "config": config.stage_summary(),
-    }
-    write_model_card(out, card)
-    return card
-
-
-# ------------------------------------------------------------------------------------------------ small helpers
+# ------------------------------------------------------------------------------------------------ helpers
 def _with_images(config: StageConfig, loaded: LoadedModel) -> bool:
     return loaded.is_vision if config.with_images is None else bool(config.with_images and loaded.is_vision)
 
@@ -326,27 +240,6 @@ def _import_callable(path: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def _callable_name(func: Callable) -> str:
-    while isinstance(func, functools.partial):
-        func = func.func
-    return f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', type(func).__name__)}"
-
-
-def _held_out_history(out: Path, resume: str | None) -> list[dict]:
-    path = out / "held_out.jsonl"
-    if resume and path.is_file():
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    path.unlink(missing_ok=True)
-    return []
-
-
-def _record(history: list[dict], out: Path, step: int, phase: str, metrics: dict) -> None:
-    record = {"step": step, "phase": phase, **metrics}
-    history.append(record)
-    with (out / "held_out.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _timed(evaluate: Callable[[Any], dict]) -> Callable[[Any], dict]:
     """Add ``eval_seconds`` (wall clock of the evaluation) to the metrics."""
     @functools.wraps(evaluate)
@@ -355,21 +248,3 @@ def _timed(evaluate: Callable[[Any], dict]) -> Callable[[Any], dict]:
         metrics = evaluate(model)
         return {**metrics, "eval_seconds": round(time.perf_counter() - began, 2)}
     return timed
-
-
-def _train_summary(logs: list[dict], last: int = 10) -> dict:
-    """Means over the last ``last`` logged steps of reward, format rate, frac_reward_zero_std; total runtime."""
-    steps = [h for h in logs if "reward" in h][-last:]
-    key = next((format_rate_key(h) for h in steps if format_rate_key(h)), None)
-
-    def mean(name):
-        values = [h[name] for h in steps if name and isinstance(h.get(name), (int, float))]
-        return sum(values) / len(values) if values else None
-
-    end = next((h for h in reversed(logs) if "train_runtime" in h), {})
-    return {"reward": mean("reward"), "format_rate": mean(key), "frac_reward_zero_std": mean("frac_reward_zero_std"),
-            "step_time": mean("step_time"), "over_last_steps": len(steps), "train_runtime": end.get("train_runtime")}
-
-
-def _strip(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in ("phase",)}

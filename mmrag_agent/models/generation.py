@@ -1,10 +1,45 @@
-"""Turning prompts (with their images) into model inputs, and greedy generation, for any loaded model."""
+"""Prompts (with their images) to model inputs, and the one generation function every caller uses.
+
+:func:`generate` serves stage-1 reasoning, stage 2, the training format probe, held-out evaluation and
+:class:`~mmrag_agent.models.llm.TransformersLLM`: greedy or sampled, stop strings, a streamer, and extra logits
+processors (e.g. the stage-2 output grammar).
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
+from ..media import load_image
 from .loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are chosen: greedy (the default) or sampled at ``temperature``.
+
+    Attributes:
+        do_sample: Sample instead of taking the most likely token.
+        temperature: Sampling temperature.
+        top_k: Keep only the k most likely tokens (0: all).
+        top_p: Nucleus sampling mass (1.0: all).
+        num_return_sequences: Completions per prompt (returned consecutively).
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_return_sequences: int = 1
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if not self.do_sample:
+            return {"do_sample": False, "num_return_sequences": self.num_return_sequences}
+        return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "num_return_sequences": self.num_return_sequences}
+
+
+GREEDY = Sampling()
 
 
 def open_image(image):
@@ -13,8 +48,6 @@ def open_image(image):
 
     if image is None or isinstance(image, Image.Image):
         return image
-    from ..media import load_image
-
     return load_image(image).image
 
 
@@ -49,22 +82,33 @@ def adds_special_tokens(loaded: LoadedModel, prompts: Sequence[str]) -> bool:
 
 
 def generate(loaded: LoadedModel, prompts: Sequence[str], images: Sequence[Sequence] | None = None, max_new_tokens: int = 256,
-             stop: str | None = None, streamer=None) -> list[str]:
-    """Greedy continuations of ``prompts`` (one batch), decoded without special tokens.
+             stop: str | None = None, streamer=None, sampling: Sampling = GREEDY, logits_processors: Sequence[Any] = ()) -> list[str]:
+    """Continuations of ``prompts`` (one batch), decoded without special tokens.
 
     Args:
         loaded: The model.
-        prompts: Rendered prompts (chat template applied).
-        images: Per prompt, its images in order.
+        prompts: Rendered prompts (chat template applied, any pre-filled assistant text included).
+        images: Per prompt, its images in order (paths or PIL images).
         max_new_tokens: Generation budget.
-        stop: Stop once this string is generated.
+        stop: Stop a sequence once this string is generated.
         streamer: A transformers streamer receiving tokens as they are generated (batch of one).
+        sampling: Greedy (default) or sampled decoding; ``num_return_sequences`` completions per prompt.
+        logits_processors: ``transformers.LogitsProcessor`` objects applied at every step (e.g. a grammar).
+
+    Returns:
+        ``len(prompts) * sampling.num_return_sequences`` strings, in prompt order.
+
+    Example:
+        >>> generate(loaded, [render_chat(loaded.processor, messages, "<think>")], max_new_tokens=64, stop="</answer>")
     """
     import torch
+    from transformers import LogitsProcessorList
 
     tokenizer = loaded.tokenizer
     inputs = encode(loaded, prompts, images)
+    extra = {"logits_processor": LogitsProcessorList(list(logits_processors))} if logits_processors else {}
     with torch.inference_mode():
-        generated = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                                          stop_strings=[stop] if stop else None, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
+        generated = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
+                                          stop_strings=[stop] if stop else None, tokenizer=tokenizer,
+                                          pad_token_id=tokenizer.pad_token_id, **sampling.generate_kwargs(), **extra)
     return tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

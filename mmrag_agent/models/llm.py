@@ -8,6 +8,7 @@ from llama_index.core.base.llms.types import CompletionResponse, CompletionRespo
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.custom import CustomLLM
 
+from .generation import generate
 from .loading import LoadedModel, load_model
 
 
@@ -15,9 +16,11 @@ class TransformersLLM(CustomLLM):
     """Greedy completion with a chat model: the prompt is sent as one user turn through the chat template.
 
     Args:
-        model: Hub id, directory, ``.gguf``, adapter directory or ``"smollm2"`` (ignored when ``loaded`` is given).
+        model: Hub id, directory, ``.gguf``, adapter directory, ``"smollm2"``, or an already loaded model to share.
         max_new_tokens: Generation budget (also reported as ``num_output``).
         context_window: Reported context window.
+        device: Torch device (when loading by name).
+        dtype: Model dtype (when loading by name).
 
     Example:
         >>> llm = TransformersLLM(model="smollm2", max_new_tokens=128)
@@ -32,11 +35,12 @@ class TransformersLLM(CustomLLM):
 
     _loaded: LoadedModel = PrivateAttr()
 
-    def __init__(self, loaded: LoadedModel | None = None, **kwargs: Any) -> None:
-        if loaded is not None:
-            kwargs.setdefault("model", loaded.name)
-        super().__init__(**kwargs)
-        self._loaded = loaded or load_model(self.model, device=self.device, dtype=self.dtype)
+    def __init__(self, model: str | LoadedModel = "smollm2", *, max_new_tokens: int = 256, context_window: int = 8192,
+                 device: str = "cpu", dtype: str = "auto") -> None:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+        super().__init__(model=loaded.name, max_new_tokens=max_new_tokens, context_window=context_window,
+                         device=str(loaded.device), dtype=str(loaded.model.dtype).replace("torch.", ""))
+        self._loaded = loaded
 
     @classmethod
     def class_name(cls) -> str:
@@ -46,30 +50,22 @@ class TransformersLLM(CustomLLM):
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens, model_name=self.model, is_chat_model=False)
 
-    def _inputs(self, prompt: str):
-        tokenizer = self._loaded.tokenizer
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-        return tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self._loaded.device)
+    def _prompt(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        return self._loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        import torch
-
-        inputs = self._inputs(prompt)
-        tokenizer = self._loaded.tokenizer
-        with torch.inference_mode():
-            out = self._loaded.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        return CompletionResponse(text=tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        text = generate(self._loaded, [self._prompt(prompt)], max_new_tokens=self.max_new_tokens)[0]
+        return CompletionResponse(text=text)
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         from threading import Thread
 
         from transformers import TextIteratorStreamer
 
-        tokenizer = self._loaded.tokenizer
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        inputs = self._inputs(prompt)
-        thread = Thread(target=self._loaded.model.generate, kwargs=dict(**inputs, streamer=streamer, max_new_tokens=self.max_new_tokens,
-                                                                        do_sample=False, pad_token_id=tokenizer.pad_token_id))
+        streamer = TextIteratorStreamer(self._loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        thread = Thread(target=generate, args=(self._loaded, [self._prompt(prompt)]),
+                        kwargs={"max_new_tokens": self.max_new_tokens, "streamer": streamer}, daemon=True)
         thread.start()
         text = ""
         for delta in streamer:
@@ -80,7 +76,4 @@ class TransformersLLM(CustomLLM):
 
 def as_llm(loaded: LoadedModel, max_new_tokens: int = 256, context_window: Optional[int] = None) -> TransformersLLM:
     """Wrap an already loaded model as a LlamaIndex LLM (no second copy of the weights)."""
-    kwargs = {"max_new_tokens": max_new_tokens}
-    if context_window:
-        kwargs["context_window"] = context_window
-    return TransformersLLM(loaded=loaded, **kwargs)
+    return TransformersLLM(loaded, max_new_tokens=max_new_tokens, **({"context_window": context_window} if context_window else {}))

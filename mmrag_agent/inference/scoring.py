@@ -1,16 +1,48 @@
 """Point-wise relevance scoring: P(relevant) from the {yes, no} logits at the answer position (SPEC §1.2).
 
-One forward pass per candidate, batched, no sampling: the prompt ends with the pre-filled ``<answer>`` and the
-next-token logits of ``yes`` and ``no`` are normalised against each other. The result is a probability.
+One forward pass per candidate, batched, no sampling: the prompt ends where the model writes its answer word
+(the assistant turn pre-filled as the model card says, then ``<answer>``), and the next-token logits of ``yes``
+and ``no`` are normalised against each other. The result is a probability. In reasoning mode the model first
+writes ``<think>`` reasoning (generated), and the answer position follows it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
-from ..prompts import ANSWER_OPEN, NO, YES, CandidateView, render_chat, stage1_messages
-from .generation import adds_special_tokens, encode, generate, open_image
-from .loading import LoadedModel
+from ..format import ANSWER_OPEN, NO, THINK_CLOSE, YES
+from ..model_card import ModelCard, card_for
+from ..models.generation import adds_special_tokens, encode, generate, open_image
+from ..models.loading import LoadedModel
+from ..prompts import CandidateView, render_chat, stage1_messages
+
+
+def descending_order(scores: Sequence[float]) -> list[int]:
+    """Indices of ``scores`` from the highest down; ties keep the given order; NaN (no usable score) last.
+
+    Example:
+        >>> descending_order([0.2, float("nan"), 0.9, 0.5])
+        [2, 3, 0, 1]
+    """
+    keyed = [-s if s == s else float("inf") for s in scores]
+    return sorted(range(len(keyed)), key=keyed.__getitem__)
+
+
+def select_top(scores: Sequence[float], top_n: int | None = None, threshold: float | None = None,
+               threshold_on: Sequence[float] | None = None) -> tuple[list[int], set[int]]:
+    """The ranking of ``scores`` (:func:`descending_order`) and the indices kept: the ``top_n`` best among those
+    whose ``threshold_on`` value (default: the score itself) is >= ``threshold``. NaN ranks last and never passes
+    a threshold.
+
+    Example:
+        >>> select_top([0.2, float("nan"), 0.9, 0.5], top_n=2)
+        ([2, 3, 0, 1], {2, 3})
+    """
+    order = descending_order(scores)
+    values = scores if threshold_on is None else threshold_on
+    passing = [i for i in order if threshold is None or values[i] >= threshold]  # False for NaN
+    return order, set(passing[:top_n] if top_n is not None else passing)
 
 
 class AnswerTokenError(ValueError):
@@ -38,32 +70,63 @@ def answer_token_ids(tokenizer, prefix: str = ANSWER_OPEN, words: Sequence[str] 
 class YesNoScorer:
     """Scores (query, candidate) pairs with a loaded model, ``batch_size`` candidates per forward pass.
 
+    The prompt is the training prompt of the model's card (:func:`~mmrag_agent.model_card.card_for`): its
+    assistant prefix, reasoning mode and text budget; a model without a stage-1 card gets the defaults.
+
     Args:
         loaded: The model, from :func:`mmrag_agent.models.load_model`.
         batch_size: Candidates per forward pass.
-        max_text_tokens: Token budget of each candidate's text.
+        max_text_tokens: Token budget of each candidate's text (None: the card's).
         use_images: Show images to vision-language models (else only their surrogate text). Image size is
             bounded by the processor (``max_pixels`` of :func:`~mmrag_agent.models.load_model`).
         prefix_cache: Run the prompt part shared by one query's candidates (system, instruction, query) once
             and reuse its key/value cache for every candidate (text models and VLMs; M-RoPE positions for
             Qwen-VL images are computed over the whole sequence).
+        reasoning: Generate ``<think>`` reasoning before scoring (None: the card's setting).
+        max_new_tokens: Reasoning budget (None: the card's).
+        card: The serving contract to follow instead of the model's own card.
+
+    Example:
+        >>> scorer = YesNoScorer(load_model("runs/stage1"))
+        >>> scorer.score("Which film has a bear?", [CandidateView(text="The Bad News Bears", modality="image")])
+        [0.93]
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 8, max_text_tokens: int = 256, use_images: bool = True,
-                 prefix_cache: bool = True) -> None:
+    def __init__(self, loaded: LoadedModel, batch_size: int = 8, max_text_tokens: int | None = None, use_images: bool = True,
+                 prefix_cache: bool = True, reasoning: bool | None = None, max_new_tokens: int | None = None,
+                 card: ModelCard | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.loaded = loaded
+        self.card = card or card_for(loaded.card, stage=1, reasoning=reasoning)
+        self.reasoning = self.card.reasoning if reasoning is None else reasoning
         self.prefix_cache = prefix_cache
         self.batch_size = batch_size
-        self.max_text_tokens = max_text_tokens
+        self.max_text_tokens = max_text_tokens or self.card.max_text_tokens
+        self.max_new_tokens = max_new_tokens or self.card.max_new_tokens or 256
         self.use_images = use_images and loaded.is_vision
         self.yes_id, self.no_id = answer_token_ids(loaded.tokenizer)
 
+    def messages(self, query: str, candidate: CandidateView) -> list[dict]:
+        """The chat messages of one (query, candidate) judgement: those the model was trained on."""
+        return stage1_messages(query, candidate, self.use_images, self.loaded.tokenizer, self.max_text_tokens, reasoning=self.reasoning)
+
+    def generation_prompt(self, query: str, candidate: CandidateView) -> str:
+        """The rendered training prompt: messages, generation prompt and the card's assistant prefix."""
+        return render_chat(self.loaded.processor, self.messages(query, candidate), self.card.assistant_prefix)
+
     def prompt(self, query: str, candidate: CandidateView) -> str:
-        messages = stage1_messages(query, candidate, self.use_images, self.loaded.tokenizer, self.max_text_tokens)
-        return render_chat(self.loaded.processor, messages, ANSWER_OPEN)
+        """The scoring prompt (no reasoning): the training prompt continued up to the answer word."""
+        text = self.generation_prompt(query, candidate)
+        return text if text.endswith(ANSWER_OPEN) else text + ANSWER_OPEN
 
     def score(self, query: str, candidates: Sequence[CandidateView]) -> list[float]:
-        """P(relevant) for each candidate, in the given order."""
+        """P(relevant) for each candidate, in the given order (reasoning first in reasoning mode).
+
+        A probability is NaN when the model's logits overflowed; callers rank those last.
+        """
+        if self.reasoning:
+            return self.score_with_reasoning(query, candidates)[0]
         prompts = [self.prompt(query, c) for c in candidates]
         if self.prefix_cache and len(prompts) > 1:
             shared = self._shared_prefix(prompts)
@@ -84,14 +147,21 @@ class YesNoScorer:
                 scores[i] = p
         return scores
 
-    def generate(self, prompts: Sequence[str], images: Sequence, max_new_tokens: int = 256, stop: str | None = None) -> list[str]:
-        """Greedy continuations of ``prompts`` (``batch_size`` at a time), decoded without special tokens."""
-        per_prompt = [[im] if self.use_images and im is not None else [] for im in images]
-        out: list[str] = []
+    def score_with_reasoning(self, query: str, candidates: Sequence[CandidateView]) -> tuple[list[float], list[str]]:
+        """Reasoning mode: generate each candidate's ``<think>`` reasoning, then P(yes) at the answer after it.
+
+        Returns:
+            ``(probabilities, reasonings)``, aligned with ``candidates``.
+        """
+        prompts = [self.generation_prompt(query, c) for c in candidates]
+        images = [[c.image] if self.use_images and c.image is not None else [] for c in candidates]
+        thoughts: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            out += generate(self.loaded, prompts[start:start + self.batch_size], per_prompt[start:start + self.batch_size],
-                            max_new_tokens=max_new_tokens, stop=stop)
-        return out
+            thoughts += generate(self.loaded, prompts[start:start + self.batch_size], images[start:start + self.batch_size],
+                                 max_new_tokens=self.max_new_tokens, stop=THINK_CLOSE)
+        thoughts = [t.split(THINK_CLOSE, 1)[0] for t in thoughts]
+        scored = [p + t + THINK_CLOSE + ANSWER_OPEN for p, t in zip(prompts, thoughts)]
+        return self.score_prompts(scored, [c.image for c in candidates]), [re.sub(r"\s+", " ", t).strip() for t in thoughts]
 
     def _forward(self, prompts: list[str], images: list) -> list[float]:
         import torch

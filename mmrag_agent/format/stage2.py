@@ -1,48 +1,19 @@
-"""Parse a stage-2 completion (SPEC §1.3) into reasoning, ranking, answer and cited sources.
-
-The stage-2 model sees K candidates numbered ``[1]..[K]`` and writes::
-
-    <think>reasoning</think>
-    <rank>[3] > [1]</rank>
-    <answer>The logo is green [3].</answer>
-
-:func:`parse_stage2_output` turns *any* completion, however malformed, into a :class:`Stage2Output`. It never
-raises on model output: each repair it makes (a missing, duplicated, unclosed or out-of-order tag, an invalid
-id, an answer written without tags, ...) is recorded as a human-readable line in ``warnings``.
-:func:`format_reward_ok` is the strict format check, shared with the stage-2 ``format`` reward (SPEC §4); it
-equals ``parse_stage2_output(text, k).format_ok``.
-
-**Partial rankings are kept partial.** The ranked ids *are* the cited sources (SPEC §1.3: "The ranked ids are
-the cited sources"), so candidates the model left out of ``<rank>`` are not appended: ``ranking`` holds only
-what the model judged relevant. Only when nothing usable was ranked does the parser fall back to the stage-1
-order (``used_fallback=True``), so that a caller always has an order to show.
-"""
+"""The stage-2 completion: the strict format check and the tolerant parser. Part of :mod:`mmrag_agent.format`."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
-from ..prompts import ANSWER_CLOSE, ANSWER_OPEN, RANK_CLOSE, RANK_OPEN, THINK_CLOSE, THINK_OPEN
-
-__all__ = ["RANK_CLOSE", "RANK_OPEN", "Stage2Output", "format_reward_ok", "parse_stage2_output"]
-
-_ORDER = ("think", "rank", "answer")
-_CANON = {"think": (THINK_OPEN, THINK_CLOSE), "rank": (RANK_OPEN, RANK_CLOSE), "answer": (ANSWER_OPEN, ANSWER_CLOSE)}
-_STRICT_SEQUENCE = [tag for name in _ORDER for tag in _CANON[name]]
-# Any spelling of the three tags: case-insensitive, whitespace allowed inside the angle brackets.
-_TAG = re.compile(r"<\s*(/?)\s*(think|rank|answer)\s*>", re.IGNORECASE)
-# A well-formed rank list: bracketed non-negative integers joined by ">", ",", ";" or whitespace.
-_RANK_LIST = re.compile(r"\s*\[\s*\d+\s*\](?:[\s>,;]*\[\s*\d+\s*\])*\s*")
-_RANK_ITEM = re.compile(r"\[([^\[\]]*)\]|[^\s>,;\[\]]+")
-_SEP = re.compile(r"[\s>,;]+")
-_INT = re.compile(r"[+-]?\d+")
-_CITE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
+from .grammar import (
+    _CANON, _ORDER, _RANK_SEPARATORS, _STRICT_SEQUENCE, _TAG, MAX_ID_DIGITS, _is_rank_list, _rank_tokens, completion_text,
+    find_citations, strip_citations,
+)
 
 T = TypeVar("T")
 
 
+# ------------------------------------------------------------------------------------------------ stage 2
 @dataclass
 class Stage2Output:
     """A parsed stage-2 completion.
@@ -53,13 +24,11 @@ class Stage2Output:
             when the model ranked only some candidates (missing ids are *not* appended); the fallback order
             when nothing usable was ranked (then ``used_fallback`` is true).
         answer: The ``<answer>`` text, stripped, citations kept as written; ``""`` when absent.
-        cited: Valid candidate numbers cited as ``[n]`` (or ``[n, m]``) in the answer, in order of first
+        cited: Valid candidate numbers cited in the answer (:func:`find_citations`), in order of first
             appearance, without repeats.
         raw: The completion as given.
         warnings: One line per repair or problem found; empty for a clean, well-formed completion.
-        format_ok: True only when ``<think>``, ``<rank>`` and ``<answer>`` appear exactly once each, in this
-            order, spelled canonically, each non-empty, the rank holding only bracketed integer ids and
-            separators, and nothing but whitespace outside them (see :func:`format_reward_ok`).
+        format_ok: :func:`stage2_format_ok` of the completion.
         used_fallback: ``ranking`` is the fallback (stage-1) order, not the model's.
         ranked_as_written: Every id written in ``<rank>``, in order and as written (``"3"``, ``"9"``, ``"a"``):
             repeated, out-of-range and non-numeric ones included. The ``rank_quality`` reward scores this list,
@@ -84,41 +53,27 @@ class Stage2Output:
     def select(self, items: Sequence[T]) -> list[T]:
         """The items in ``ranking`` order (``items[n - 1]`` for each ranked ``n``).
 
-        Args:
-            items: The K candidates in the order they were numbered in the prompt.
-
-        Returns:
-            The ranked items, most relevant first.
-
         Example:
             >>> Stage2Output("", [3, 1], "", [], "").select(["a", "b", "c"])
             ['c', 'a']
         """
         return [items[n - 1] for n in self.ranking]
 
-
-def _as_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    if completion is None:
-        return ""
-    if isinstance(completion, (list, tuple)):  # a chat completion: [{"role": "assistant", "content": ...}]
-        return "".join(_as_text(m) for m in completion)
-    if isinstance(completion, dict):  # a message, or a content part {"type": "text", "text": ...}
-        return _as_text(completion.get("content", completion.get("text")))
-    return str(completion)
+    @property
+    def answer_text(self) -> str:
+        """The answer without its citations (what answer metrics and the answer reward score)."""
+        return strip_citations(self.answer)
 
 
-def format_reward_ok(text: Any) -> bool:
+def stage2_format_ok(text: Any) -> bool:
     """Whether a completion is exactly in the stage-2 format (the ``format`` reward of SPEC §4).
 
     The rule: the six tags ``<think> </think> <rank> </rank> <answer> </answer>`` appear exactly once each
     (counting any spelling: ``<Answer>`` or ``< rank >`` count, and make the format invalid), in this order;
     only whitespace lies outside them; each of the three holds something besides whitespace; and the rank
-    holds only bracketed non-negative integer ids (``[3]``) separated by ``>``, ``,``, ``;`` or whitespace.
-    Whether the ids are in range or repeated is not a matter of format (the ``rank_quality`` reward judges
-    that). Requiring non-empty sections keeps ``<think></think><rank></rank><answer></answer>`` from earning
-    the format bonus. With an assistant turn pre-filled with ``<think>``, check the prefix plus completion.
+    holds only bracketed ids (``[3]``, at most :data:`MAX_ID_DIGITS` digits) separated by ``>``, ``,``, ``;`` or
+    whitespace. Whether the ids are in range or repeated is not a matter of format (the ``rank_quality`` reward
+    judges that). With a pre-filled assistant turn, check the prefix plus the completion.
 
     Args:
         text: The completion: a string, or a chat completion (list of ``{"content": ...}`` messages).
@@ -127,20 +82,19 @@ def format_reward_ok(text: Any) -> bool:
         True when the completion is well formed; never raises.
 
     Example:
-        >>> format_reward_ok("<think>c1 shows it</think>\\n<rank>[1] > [2]</rank>\\n<answer>red [1]</answer>")
+        >>> stage2_format_ok("<think>c1 shows it</think>\\n<rank>[1] > [2]</rank>\\n<answer>red [1]</answer>")
         True
-        >>> format_reward_ok("<think>x</think><rank>1, 2</rank><answer>red</answer>")
+        >>> stage2_format_ok("<think>x</think><rank>1, 2</rank><answer>red</answer>")
         False
     """
-    text = _as_text(text)
+    text = completion_text(text)
     tags = list(_TAG.finditer(text))
     if [m.group(0) for m in tags] != _STRICT_SEQUENCE:
         return False
     outside = [text[:tags[0].start()], text[tags[1].end():tags[2].start()], text[tags[3].end():tags[4].start()],
                text[tags[5].end():]]
     think, rank, answer = (text[tags[i].end():tags[i + 1].start()] for i in (0, 2, 4))
-    return (not any(s.strip() for s in outside) and bool(think.strip()) and bool(answer.strip())
-            and _RANK_LIST.fullmatch(rank) is not None)
+    return not any(s.strip() for s in outside) and bool(think.strip()) and bool(answer.strip()) and _is_rank_list(rank)
 
 
 def _sections(text: str, warn: Callable[[str], None]) -> tuple[dict[str, str], list[str], int, list[tuple[int, int]]]:
@@ -205,26 +159,28 @@ def _parse_ranking(content: str, k: int, warn: Callable[[str], None]) -> tuple[l
     written: list[str] = []
     ignored: list[str] = []
     bare = False
-    for m in _RANK_ITEM.finditer(content):
-        if m.group(1) is not None:
-            pieces = [p for p in _SEP.split(m.group(1)) if p]
+    for kind, token in _rank_tokens(content):
+        if kind in ("sep", "stray"):
+            continue
+        if kind == "bracket":
+            pieces = "".join(" " if c in _RANK_SEPARATORS else c for c in token).split()
             if not pieces:
                 warn("empty [] in <rank>")
             elif len(pieces) > 1:
-                warn(f"several ids in one bracket in <rank>: {m.group(0)!r}")
+                warn(f"several ids in one bracket in <rank>: {'[' + token + ']'!r}")
+        elif _is_int(token):
+            pieces, bare = [token], True
         else:
-            if not _INT.fullmatch(m.group(0)):
-                ignored.append(m.group(0))
-                continue
-            pieces, bare = [m.group(0)], True
+            ignored.append(token)
+            continue
         for piece in pieces:
             written.append(piece)
-            if not _INT.fullmatch(piece):
-                warn(f"non-numeric id {piece!r} in <rank>")
+            if not _is_int(piece):
+                warn(f"non-numeric id {_clip(piece)!r} in <rank>")
                 continue
-            n = int(piece)
-            if not 1 <= n <= k:
-                warn(f"id out of range: {n} (valid: 1..{k})")
+            n = _bounded_int(piece)
+            if n is None or not 1 <= n <= k:
+                warn(f"id out of range: {_clip(piece)} (valid: 1..{k})")
             elif n in ranking:
                 warn(f"repeated id: {n}")
             else:
@@ -232,15 +188,29 @@ def _parse_ranking(content: str, k: int, warn: Callable[[str], None]) -> tuple[l
     if bare:
         warn("ids without brackets in <rank>")
     if ignored:
-        warn(f"ignored text in <rank>: {' '.join(ignored)!r}")
+        warn(f"ignored text in <rank>: {_clip(' '.join(ignored))!r}")
     return ranking, written
+
+
+def _is_int(piece: str) -> bool:
+    digits = piece[1:] if piece[:1] in "+-" else piece
+    return digits.isascii() and digits.isdigit()
+
+
+def _bounded_int(piece: str) -> int | None:
+    """The integer of a signed digit string, or None when it has more than MAX_ID_DIGITS digits."""
+    digits = piece.lstrip("+-")
+    return int(piece) if len(digits.lstrip("0")) <= MAX_ID_DIGITS else None
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _citations(answer: str, k: int, warn: Callable[[str], None]) -> list[int]:
     cited: list[int] = []
-    for m in _CITE.finditer(answer):
-        for piece in re.split(r"\s*[,;]\s*", m.group(1)):
-            n = int(piece)
+    for citation in find_citations(answer):
+        for n in citation.ids:
             if not 1 <= n <= k:
                 warn(f"cited id out of range: {n} (valid: 1..{k})")
             elif n not in cited:
@@ -263,7 +233,7 @@ def _fallback(fallback_order: Sequence[int] | None, k: int) -> list[int]:
 def parse_stage2_output(text: Any, num_candidates: int, fallback_order: Sequence[int] | None = None) -> Stage2Output:
     """Parse a stage-2 completion for ``num_candidates`` candidates numbered ``[1]..[K]``.
 
-    Tolerant by design, never raising on model output:
+    Tolerant by design, never raising on model output, linear in its length:
 
     * tags in any case or with inner whitespace (``<Answer>``, ``< rank >``) are read (``format_ok`` false);
     * a missing tag leaves its field empty; a missing opening tag (``...</think>``, as with a pre-filled
@@ -278,7 +248,8 @@ def parse_stage2_output(text: Any, num_candidates: int, fallback_order: Sequence
       missing ids: the ranked ids are the cited sources (SPEC §1.3).
 
     Args:
-        text: The completion (a string, or a chat completion: a list of ``{"content": ...}`` messages).
+        text: The completion (a string, or a chat completion: a list of ``{"content": ...}`` messages), with
+            any pre-filled assistant prefix in front.
         num_candidates: K, the number of candidates shown to the model.
         fallback_order: Order used when the ranking is unusable: 1-based candidate numbers (stage-1 order).
 
@@ -302,7 +273,7 @@ def parse_stage2_output(text: Any, num_candidates: int, fallback_order: Sequence
     fallback = _fallback(fallback_order, num_candidates)
     warnings: list[str] = []
     warn = warnings.append
-    raw = _as_text(text)
+    raw = completion_text(text)
     if not isinstance(text, str):
         warn(f"completion of type {type(text).__name__} read as text")
 
@@ -342,5 +313,5 @@ def parse_stage2_output(text: Any, num_candidates: int, fallback_order: Sequence
     if unranked and not used_fallback:
         warn(f"cited but not ranked: {unranked}")
     return Stage2Output(reasoning=found.get("think", "").strip(), ranking=ranking, answer=answer, cited=cited, raw=raw,
-                        warnings=warnings, format_ok=format_reward_ok(raw), used_fallback=used_fallback,
+                        warnings=warnings, format_ok=stage2_format_ok(raw), used_fallback=used_fallback,
                         ranked_as_written=written)

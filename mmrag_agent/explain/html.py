@@ -23,19 +23,16 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from mmrag_agent.explain import CandidateEvidence, ExplainedAnswer
-from mmrag_agent.media import ImageRejected, load_image
+from ..format import find_citations
+from ..media import ImageRejected, load_image
+from .evidence import CandidateEvidence, ExplainedAnswer
 
 __all__ = ["render_explanation_html", "write_explanation_html", "candidate_anchor"]
-
-#: Citations as the stage-2 parser reads them: ``[3]``, ``[1, 4]``, ``[2; 5]``.
-_CITE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
-_NUM = re.compile(r"\d+")
 
 #: Characters of a candidate's text shown on its card before the rest moves into a <details>.
 EXCERPT_CHARS = 320
@@ -103,11 +100,10 @@ def _linkify(text: str, positions: dict[int, CandidateEvidence]) -> str:
     """
     out: list[str] = []
     last = 0
-    for match in _CITE.finditer(text):
-        out.append(_e(text[last:match.start()]))
+    for citation in find_citations(text):  # the parser's own citation grammar
+        out.append(_e(text[last:citation.start]))
         parts: list[str] = []
-        for num in _NUM.findall(match.group(1)):
-            n = int(num)
+        for n in citation.ids:
             cand = positions.get(n)
             if cand is None:
                 parts.append(
@@ -117,10 +113,10 @@ def _linkify(text: str, positions: dict[int, CandidateEvidence]) -> str:
             else:
                 label = f"[{n}] {cand.source}"
                 parts.append(f'<a class="cite" href="#{candidate_anchor(n)}" title="{_e(label)}">{n}</a>')
-        dead = all(int(num) not in positions for num in _NUM.findall(match.group(1)))
+        dead = all(n not in positions for n in citation.ids)
         cls = "cite-group cite-dead" if dead else "cite-group"
         out.append(f'<span class="{cls}">[' + ", ".join(parts) + "]</span>")
-        last = match.end()
+        last = citation.end
     out.append(_e(text[last:]))
     return "".join(out)
 
@@ -141,7 +137,7 @@ def _excerpt(text: str, limit: int = EXCERPT_CHARS) -> tuple[str, bool]:
 
 
 def _fmt_num(value: Optional[float], digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    return "—" if value is None else "NaN" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _order(candidates: Iterable[CandidateEvidence]) -> tuple[list[CandidateEvidence], list[CandidateEvidence]]:
@@ -155,6 +151,8 @@ def _order(candidates: Iterable[CandidateEvidence]) -> tuple[list[CandidateEvide
 def _prob_bar(prob: Optional[float], kept: bool) -> str:
     if prob is None:
         return '<span class="muted">not scored</span>'
+    if math.isnan(prob):
+        return '<span class="muted" title="the model\'s logits overflowed; ranked last">NaN (no score)</span>'
     pct = max(0.0, min(1.0, prob)) * 100
     cls = "bar kept" if kept else "bar"
     return (
@@ -278,104 +276,7 @@ def _timings(timings: dict[str, float]) -> str:
     return '<div class="timings">' + "".join(items) + "</div>"
 
 
-_CSS = """
-:root{--ink:#1d2330;--muted:#6b7385;--line:#e3e6ee;--bg:#f5f6fa;--card:#fff;--accent:#2f5bd3;
---accent-soft:#e8eefc;--ok:#1c7c4a;--ok-soft:#e3f4ea;--warn:#8a5a00;--warn-soft:#fff4d6;--warn-line:#f0c24b;
---bad:#b3261e}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);font:15px/1.55 -apple-system,BlinkMacSystemFont,"Segoe UI",
-Roboto,"Helvetica Neue",Arial,"Noto Sans",sans-serif}
-main{max-width:1080px;margin:0 auto;padding:28px 24px 48px}
-h1{font-size:24px;line-height:1.3;margin:4px 0 18px}
-h2{font-size:13px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted);margin:30px 0 10px}
-h2 small{text-transform:none;letter-spacing:0;font-weight:400}
-.kicker{font-size:12px;text-transform:uppercase;letter-spacing:.08em;color:var(--muted)}
-.muted{color:var(--muted)}
-.panel{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 20px}
-.answer{border-left:4px solid var(--accent);font-size:17px}
-.answer .text{margin:0;white-space:pre-wrap}
-.cite-group{white-space:nowrap;font-size:.82em;color:var(--accent);background:var(--accent-soft);
-border-radius:5px;padding:1px 5px;font-weight:600}
-a.cite{color:var(--accent);text-decoration:none;border-bottom:1px solid transparent}
-a.cite:hover{border-bottom-color:var(--accent)}
-.cite-missing{color:var(--bad);text-decoration:line-through;cursor:help}
-.cite-group.cite-dead{background:#fdecea;color:var(--bad)}
-.sources{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin-top:14px;padding-top:12px;
-border-top:1px dashed var(--line)}
-.sources-label{font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted);margin-right:4px}
-.sources-none{margin:12px 0 0;font-size:14px}
-.chip{display:inline-flex;align-items:center;gap:6px;border:1px solid var(--line);border-radius:999px;
-padding:3px 10px 3px 3px;background:#fafbfd;color:var(--ink);text-decoration:none;font-size:13px;max-width:340px}
-a.chip:hover{border-color:var(--accent)}
-.chip img,.chip-icon{width:26px;height:26px;border-radius:50%;object-fit:cover;flex:none}
-.chip-icon{display:inline-flex;align-items:center;justify-content:center;background:var(--accent-soft);
-color:var(--accent);font-size:13px}
-.chip-num{font-weight:700;color:var(--accent)}
-.chip-src{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.warnings{background:var(--warn-soft);border:1px solid var(--warn-line);border-radius:10px;padding:12px 18px;
-margin-top:16px;color:var(--warn)}
-.warnings strong{display:block;margin-bottom:4px}
-.warnings ul{margin:0;padding-left:20px}
-.funnel{display:flex;flex-wrap:wrap;align-items:center;gap:6px;margin:0 0 10px}
-.step{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:6px 12px;display:flex;
-align-items:baseline;gap:6px;font-size:13px;color:var(--muted)}
-.step b{font-size:17px;color:var(--ink)}
-.step:last-child{border-color:#9fd3b6;background:var(--ok-soft)}
-.arrow{color:var(--muted)}
-.reasoning{white-space:pre-wrap;margin:0;font-size:14.5px;color:#333a48}
-.cards{display:grid;gap:14px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:10px;overflow:hidden;scroll-margin-top:12px}
-.card.is-cited{border-color:#9fd3b6;border-left:5px solid var(--ok)}
-.card.is-cited header{background:#f3faf6}
-.card.is-dropped{opacity:.72}
-.card:target{outline:3px solid var(--accent);outline-offset:2px}
-.card header{display:flex;align-items:center;gap:12px;padding:10px 16px;border-bottom:1px solid var(--line);
-background:#fbfbfd;flex-wrap:wrap}
-.badges{display:flex;gap:6px;align-items:center}
-.pos{font-weight:700;font-size:15px;color:var(--accent);min-width:2.2em}
-.badge{font-size:12px;border-radius:999px;padding:1px 9px;border:1px solid var(--line);color:var(--muted);
-background:#fff;white-space:nowrap}
-.badge.rank{color:var(--ink);font-weight:600}
-.badge.cited{background:var(--ok);border-color:var(--ok);color:#fff;font-weight:600}
-.source{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;flex:1 1 200px;min-width:0}
-.node{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;max-width:200px;overflow:hidden;
-text-overflow:ellipsis;white-space:nowrap}
-.body{display:flex;gap:18px;padding:14px 16px;align-items:flex-start}
-.media{flex:none;max-width:260px}
-.media img{display:block;max-width:100%;height:auto;border-radius:6px;border:1px solid var(--line);
-background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px 16px}
-.placeholder{width:200px;min-height:120px;border:2px dashed #d9b3b0;border-radius:6px;background:#fdf3f2;
-color:var(--bad);padding:12px;font-size:12.5px;display:flex;flex-direction:column;gap:4px;
-overflow-wrap:anywhere}
-.placeholder strong{font-size:13.5px}
-.content{flex:1 1 auto;min-width:0}
-.label{font-size:11.5px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted);margin-bottom:2px}
-.text{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
-details.full{margin-top:6px;font-size:14px}
-details.full summary{cursor:pointer;color:var(--accent)}
-details.full .text{margin-top:6px;padding:10px;background:var(--bg);border-radius:6px;max-height:420px;overflow:auto}
-.facts{flex:0 0 250px;display:grid;grid-template-columns:auto 1fr;gap:3px 10px;margin:0;font-size:13px}
-.facts dt{color:var(--muted)}
-.facts dd{margin:0;display:flex;align-items:center;gap:6px}
-.num{font-variant-numeric:tabular-nums}
-.bar{display:inline-block;width:70px;height:8px;border-radius:4px;background:#e8eaf0;overflow:hidden}
-.bar span{display:block;height:100%;background:#a3aabb}
-.bar.kept span{background:var(--accent)}
-.yes{color:var(--ok);font-weight:600}
-.no{color:var(--bad)}
-.group-note{margin:18px 0 8px;font-size:13px;color:var(--muted)}
-details.raw{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:10px 16px}
-details.raw summary{cursor:pointer;font-weight:600}
-details.raw pre{white-space:pre-wrap;overflow-wrap:anywhere;font:13px/1.5 ui-monospace,SFMono-Regular,Menlo,
-Consolas,monospace;background:var(--bg);padding:12px;border-radius:6px;max-height:520px;overflow:auto}
-.timings{display:flex;flex-wrap:wrap;gap:8px}
-.timing{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:3px 10px;font-size:13px;
-font-variant-numeric:tabular-nums}
-.timing.total{border-color:var(--ink)}
-.legend{font-size:12.5px;color:var(--muted);margin:0 0 10px}
-@media (max-width:760px){.body{flex-direction:column}.facts{flex:auto}.media{max-width:100%}}
-@media print{.card{break-inside:avoid}details.raw{display:none}}
-"""
+_CSS = (Path(__file__).with_name("page.css")).read_text(encoding="utf-8")  # package data
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
