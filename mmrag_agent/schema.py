@@ -359,7 +359,7 @@ def _parse_line(path: Path, number: int, raw: bytes, fix: str) -> dict | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DatasetError(path, number, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+        raise DatasetError(path, number, None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
                            "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT") from None
     if not text.strip():
         return None
