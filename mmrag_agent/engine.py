@@ -51,7 +51,9 @@ class MMRAGQueryEngine(RetrieverQueryEngine):
     def __init__(self, retriever, stage1: Stage1RelevanceFilter, stage2: Stage2Model, streaming: bool = False,
                  callback_manager: Optional[CallbackManager] = None) -> None:
         self.stage1, self.stage2, self.streaming = stage1, stage2, streaming
-        postprocessors = [stage1] if streaming else [stage1, Stage2ListwiseReranker(stage2, return_dropped=stage1.return_dropped)]
+        # the reranker passes on what it did not rank (and what stage 1 passed on as evidence): the explanation shows
+        # every candidate stage 2 saw; the synthesizer reuses its judgement
+        postprocessors = [stage1] if streaming else [stage1, Stage2ListwiseReranker(stage2, return_dropped=True)]
         super().__init__(retriever, response_synthesizer=ExplainableSynthesizer(stage2, streaming=streaming),
                          node_postprocessors=postprocessors, callback_manager=callback_manager or CallbackManager([]))
 

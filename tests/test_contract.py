@@ -91,13 +91,13 @@ def test_training_prompt_equals_serving_prompt_after_save_and_load(model_fixture
     by_id = {(ex.qid, c.id): c for ex in examples for c in ex.candidates}
     queries = {ex.qid: ex.query for ex in examples}
     checked = 0
+    scorer = Stage1RelevanceFilter(str(tmp_path / "run")).scorer if stage == 1 else None
+    stage2 = Stage2ListwiseReranker(str(tmp_path / "run")).stage2 if stage == 2 else None
     for record in records:
         if stage == 1:
-            scorer = Stage1RelevanceFilter(str(tmp_path / "run")).scorer if checked == 0 else scorer
             view = candidate_view(by_id[(record["qid"], record["candidate_id"])], data, with_image=served.is_vision)
             text, images = scorer.generation_prompt(queries[record["qid"]], view), [view.image] if view.image and served.is_vision else []
         else:
-            stage2 = Stage2ListwiseReranker(str(tmp_path / "run")).stage2 if checked == 0 else stage2
             views = [candidate_view(by_id[(record["qid"], cid)], data, with_image=served.is_vision) for cid in record["candidate_ids"]]
             text, images = stage2.prompt(queries[record["qid"]], views)
         serving = encode(served, [text], [images])["input_ids"][0].tolist()

@@ -206,7 +206,7 @@ def test_eval_cli_fuses_stage1_with_a_first_stage_retriever(tiny_qwen2_dir, tmp_
         assert result.exit_code == 0, result.output
         runs[(first_stage, weight)] = json.loads(out.read_text())
     bm25 = evaluate_reranker(read_rerank_examples(data), BM25Reranker(), show_progress=False).metrics
-    assert runs[("bm25", "0")]["metrics"] == bm25  # weight 0: the retriever's ranking (P only breaks ties)
+    assert runs[("bm25", "0")]["metrics"] == bm25  # weight 0: exactly the retriever's ranking
     assert runs[("bm25", "0")]["fusion"] == {"first_stage": "bm25", "weight": 0.0}
     assert runs[("bm25", "1")]["metrics"] == runs[("none", None)]["metrics"] and runs[("none", None)]["fusion"] is None
     bad = CliRunner().invoke(app, ["eval", "rerank", "--data", str(data), "--reranker", "bm25", "--first-stage", "bm25"])

@@ -87,7 +87,7 @@ def test_prompt_shows_every_image_to_a_vlm_after_the_query(tiny_vlm, tmp_path):
 
 
 def test_reranker_and_synthesizer_share_one_generation(tiny_vlm, tmp_path):
-    stage2 = Stage2Model(tiny_vlm, max_new_tokens=8)
+    stage2 = Stage2Model(tiny_vlm, max_new_tokens=40, constrained=False)
     nodes = candidates(tmp_path)
     reranked = Stage2ListwiseReranker(stage2).postprocess_nodes(nodes, query_str=QUERY)
     assert reranked and all("stage2_rank" in n.node.metadata for n in reranked)
@@ -104,8 +104,8 @@ def test_reranker_and_synthesizer_share_one_generation(tiny_vlm, tmp_path):
 def test_batched_generation_equals_one_query_at_a_time(tiny_vlm, tmp_path):
     nodes = views(candidates(tmp_path))
     requests = [(QUERY, nodes), ("What sits on the mat?", nodes[:1]), ("Where is the stadium?", nodes[1:])]  # 1, 0, 1 images
-    batched = Stage2Model(tiny_vlm, max_new_tokens=12).run_many(requests, batch_size=3)
-    single = [Stage2Model(tiny_vlm, max_new_tokens=12).run(q, n) for q, n in requests]
+    batched = Stage2Model(tiny_vlm, max_new_tokens=40).run_many(requests, batch_size=3)
+    single = [Stage2Model(tiny_vlm, max_new_tokens=40).run(q, n) for q, n in requests]
     assert [r.raw for r in batched] == [r.raw for r in single]
     assert all(r.raw for r in batched)
     with pytest.raises(ValueError, match="batch_size"):
@@ -113,7 +113,7 @@ def test_batched_generation_equals_one_query_at_a_time(tiny_vlm, tmp_path):
 
 
 def test_synthesizer_streams_and_fills_metadata_at_the_end(tiny_vlm, tmp_path):
-    stage2 = Stage2Model(tiny_vlm, max_new_tokens=8)
+    stage2 = Stage2Model(tiny_vlm, max_new_tokens=40)
     response = ExplainableSynthesizer(stage2, streaming=True).synthesize(QUERY, candidates(tmp_path))
     assert isinstance(response, StreamingResponse)
     streamed = "".join(response.response_gen)
@@ -132,7 +132,7 @@ def test_synthesizer_async_and_in_a_standard_llamaindex_engine(tiny_vlm, tmp_pat
         def _retrieve(self, query_bundle):
             return nodes
 
-    synthesizer = ExplainableSynthesizer(Stage2Model(tiny_vlm, max_new_tokens=8))
+    synthesizer = ExplainableSynthesizer(Stage2Model(tiny_vlm, max_new_tokens=40))
     engine = RetrieverQueryEngine(FixedRetriever(), response_synthesizer=synthesizer,
                                   node_postprocessors=[Stage1RelevanceFilter(tiny_vlm, top_n=2)])
     response = asyncio.run(engine.aquery(QUERY))
@@ -158,7 +158,7 @@ def indexed(tmp_path):
 
 
 def test_engine_answers_with_evidence_for_every_candidate(indexed, tiny_vlm):
-    engine = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=2, max_new_tokens=8)
+    engine = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=2, max_new_tokens=40)
     assert [type(p).__name__ for p in engine._node_postprocessors] == ["Stage1RelevanceFilter", "Stage2ListwiseReranker"]
     response = engine.query(QUERY)
     explained = response.metadata["explanation"]
@@ -173,22 +173,22 @@ def test_engine_answers_with_evidence_for_every_candidate(indexed, tiny_vlm):
     image = next(c for c in explained.candidates if c.modality == "image")
     assert image.image_path.endswith("stadium.png") and "Olympic stadium" in image.text
     # without score_all, stage 1 drops the others as in any LlamaIndex app: they are not in the evidence
-    lean = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=2, max_new_tokens=8, score_all=False)
+    lean = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=2, max_new_tokens=40, score_all=False)
     assert len(lean.explain(QUERY).candidates) == 2
     # stage 1's top_n is what the engine keeps (it is not ignored)
-    one = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=1, max_new_tokens=8)
+    one = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, k_text=5, k_image=5, keep=1, max_new_tokens=40)
     assert sum(c.kept_by_stage1 for c in one.explain(QUERY).candidates) == 1
     with pytest.raises(ValueError, match="empty"):
         engine.query("   ")
 
 
 def test_engine_streams_async_and_works_as_an_agent_tool(indexed, tiny_vlm):
-    engine = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, keep=2, max_new_tokens=8, streaming=True)
+    engine = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, keep=2, max_new_tokens=40, streaming=True)
     streamed = engine.query(QUERY)
     assert isinstance(streamed, StreamingResponse)
     "".join(streamed.response_gen)
     assert isinstance(streamed.metadata["explanation"], ExplainedAnswer)
-    plain = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, keep=2, max_new_tokens=8)
+    plain = MMRAGQueryEngine.from_defaults(indexed, model=tiny_vlm, keep=2, max_new_tokens=40)
     assert isinstance(asyncio.run(plain.aquery(QUERY)).metadata["explanation"], ExplainedAnswer)
     tool = plain.as_tool()
     assert tool.metadata.name == "multimodal_document_search"

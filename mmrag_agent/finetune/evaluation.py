@@ -64,7 +64,7 @@ def evaluate_stage1(loaded: LoadedModel, examples: Sequence, card: ModelCard, ba
 
 
 def evaluate_stage2(loaded: LoadedModel, examples: Sequence, card: ModelCard, seed: int = 0, data_file: str | Path | None = None,
-                    batch_size: int = 8) -> dict[str, float]:
+                    batch_size: int = 8, constrained: bool = False) -> dict[str, float]:
     """One greedy stage-2 judgement per held-out query (K candidates, one seeded order), parsed and scored.
 
     The candidates are those of :func:`~mmrag_agent.finetune.datasets.stage2_units` (positives that fit plus hard
@@ -80,6 +80,8 @@ def evaluate_stage2(loaded: LoadedModel, examples: Sequence, card: ModelCard, se
         seed: Seed of the candidate selection and order.
         data_file: JSONL the examples were read from.
         batch_size: Prompts per ``generate`` call.
+        constrained: Constrain the output to the format as serving does. Off by default: the model is judged on
+            what it writes unaided, as GRPO trains it (with the constraint, ``format_rate`` would always be 1).
 
     Returns:
         ``{"p@1", "mrr", "ndcg@k", "recall@k", "set_f1", "answer_f1", "format_rate", "n"}``.
@@ -94,7 +96,7 @@ def evaluate_stage2(loaded: LoadedModel, examples: Sequence, card: ModelCard, se
     units = stage2_units(list(examples), k=k, permutations=1, seed=seed)
     if not units:
         return {"n": 0}
-    stage2 = Stage2Model(loaded, card=card, cache_size=0)
+    stage2 = Stage2Model(loaded, card=card, cache_size=0, constrained=constrained)
     with_images = loaded.is_vision
     requests = [(unit.example.query, [candidate_view(c, data_file, with_image=with_images) for c in unit.order]) for unit in units]
     with eval_mode(loaded.model):

@@ -27,7 +27,7 @@ class Stage1RelevanceFilter(ModelReranker):
     the **fused score** ``w * P(relevant) + (1 - w) * retrieval score`` (min-max normalised per query and per
     modality, :mod:`mmrag_agent.inference.fusion`), so that the filter never throws away what the retriever knew:
     ``w`` is the weight training fitted (model card), else :data:`~mmrag_agent.inference.fusion.ZERO_SHOT_WEIGHT`
-    (the retrieval order, with P breaking ties), or ``fusion_weight``. Returned nodes are copies carrying
+    (0: the retrieval order; an untrained judge never reorders), or ``fusion_weight``. Returned nodes are copies carrying
     ``relevance_probability``, ``retrieval_score`` and ``fused_score`` in their metadata, and the fused score as
     their score. A NaN probability (overflowed logits) is ranked last, with a warning.
 
