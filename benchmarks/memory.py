@@ -53,6 +53,7 @@ CHILD = r"""
 import json, sys, time
 settings = json.loads(sys.argv[1])
 from llama_index.core.embeddings import MockEmbedding
+import mmrag_agent
 from mmrag_agent.indexing import FolderIndexer
 text_model = MockEmbedding(embed_dim=384) if settings["text_model"] == "mock" else settings["text_model"]
 started = time.perf_counter()
@@ -60,7 +61,8 @@ report = FolderIndexer(settings["folder"], store=settings["store"], text_model=t
                        ocr=settings["ocr"], show_progress=False).run()
 peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": time.perf_counter() - started, "indexed": len(report.indexed), "failed": len(report.failed),
-                  "text_points": report.text_points, "image_points": report.image_points, "peak_bytes": peak}))
+                  "text_points": report.text_points, "image_points": report.image_points, "peak_bytes": peak,
+                  "code": mmrag_agent.__file__}))
 """
 
 
@@ -137,7 +139,9 @@ def measure(settings: dict, src: Path | None, cap_bytes: int | None, cap_seconds
         env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(settings)], stdout=out, stderr=err, env=env, text=True)
+        # run from a neutral folder: `python -c` puts the working directory first on sys.path, before PYTHONPATH
+        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(settings)], stdout=out, stderr=err, env=env, text=True,
+                                 cwd=tempfile.gettempdir())
         watched, stopped, sampled = psutil.Process(child.pid), None, 0
         while child.poll() is None:
             try:
@@ -207,6 +211,7 @@ def main() -> None:
             print(f"indexing {name} ({count} file(s), {size / 1e6:.0f} MB) with {code} ...", flush=True)
             result = measure(settings, src, cap_bytes, cap_seconds)
             rows.append((name, f"{count} x {size / count / 1e6:.1f} MB", code, result))
+            print("  " + json.dumps(result), flush=True)
             shutil.rmtree(store, ignore_errors=True)
 
     print()
