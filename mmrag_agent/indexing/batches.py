@@ -130,6 +130,8 @@ def failure_reason(exc: BaseException) -> str:
     """The one-line reason (with the fix) reported for a file that failed with ``exc``."""
     if isinstance(exc, (FileRejected, ImageRejected)):
         return str(exc)
+    if isinstance(exc, TimeoutError):  # e.g. the sentence splitter's guarded regular expressions
+        return f"text could not be split into sentences in time ({short_error(exc, 120)}); re-export or remove the file"
     if isinstance(exc, FileNotFoundError):
         return "file disappeared while being indexed; it will be removed from the index on the next run"
     if isinstance(exc, PermissionError):
