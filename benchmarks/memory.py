@@ -62,7 +62,7 @@ report = FolderIndexer(settings["folder"], store=settings["store"], text_model=t
 peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": time.perf_counter() - started, "indexed": len(report.indexed), "failed": len(report.failed),
                   "text_points": report.text_points, "image_points": report.image_points, "peak_bytes": peak,
-                  "code": mmrag_agent.__file__}))
+                  "code": mmrag_agent.__file__, "first_failure": report.failed[0].reason if report.failed else None}))
 """
 
 
@@ -186,7 +186,10 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     folders = prepare(args.workdir, args.text_mb, args.photos, args.ocr_photos)
-    cases = [("text file", folders["text"], "text", "off"), ("photos, image-as-text", folders["photos"], "text", "off")]
+    empty = args.workdir / "empty"
+    empty.mkdir(exist_ok=True)
+    cases = [("empty folder (imports, models)", empty, "text", "off"), ("text file", folders["text"], "text", "off"),
+             ("photos, image-as-text", folders["photos"], "text", "off")]
     if not args.no_clip:
         clip_dir = args.workdir / "clip"
         if not (clip_dir / "config.json").is_file():
@@ -204,6 +207,7 @@ def main() -> None:
     rows = []
     for name, folder, image_model, ocr in cases:
         count, size = folder_size(folder)
+        count = max(count, 1)
         for code, src, cap_bytes, cap_seconds in codes:
             store = (args.store_dir or args.workdir) / "mmrag-memory-store"
             shutil.rmtree(store, ignore_errors=True)
@@ -221,6 +225,8 @@ def main() -> None:
         peak = f"> {r['peak_gb']:.2f}" if r["stopped"] else f"{r['peak_gb']:.2f}"
         points = f"{r['text_points']}/{r['image_points']}" if "text_points" in r else "-"
         note = r["stopped"] or r.get("error") or f"{r['indexed']} indexed, {r['failed']} failed"
+        if r.get("first_failure"):
+            note += f" ({r['first_failure'][:90]}...)"
         print(f"| {name} | {size} | {code} | {peak} | {r['seconds']:.0f} | {points} | {note} |")
     ours = [r for _, _, code, r in rows if code == "this code"]
     ok = all(r["peak_gb"] < TARGET_GB and not r["stopped"] and "error" not in r for r in ours)
