@@ -16,7 +16,7 @@ import mmrag_agent.indexing
 from mmrag_agent.indexing.html_text import MAX_PENDING_CHARS, HTMLText
 from mmrag_agent.indexing.readers import FileRejected, markdown_heading, markdown_images, read_html
 
-OWN_MODULES = ["mmrag_agent.schema", "mmrag_agent.media"] + [
+OWN_MODULES = ["mmrag_agent.schema", "mmrag_agent.jsonl", "mmrag_agent.media"] + [
     f"mmrag_agent.indexing.{m.name}" for m in pkgutil.iter_modules(mmrag_agent.indexing.__path__)]
 
 

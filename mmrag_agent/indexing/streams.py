@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+from .html_text import unescape
 from .readers import (
     MAX_DESCRIBING_CHARS,
     MAX_IMAGE_REFERENCES,
     FileRejected,
     HTMLText,
     ImageReference,
+    clean_title,
     detect_encoding,
     looks_binary,
     markdown_heading,
@@ -172,8 +174,6 @@ def _scan_markdown(texts: Iterable[str], path: Path, root: Path, info: StreamedT
 
 
 def _scan_html(texts: Iterable[str], path: Path, root: Path, info: StreamedText) -> None:
-    from .readers import clean_title
-
     parser = HTMLText()
     for text in texts:
         parser.feed(text)
@@ -189,8 +189,6 @@ def _scan_html(texts: Iterable[str], path: Path, root: Path, info: StreamedText)
 
 def _html_text(texts: Iterable[str]) -> Iterator[str]:
     """Visible text of an HTML stream, one normalised line per line, blank lines dropped (as :func:`read_html`)."""
-    from .html_text import unescape
-
     parser = HTMLText()
 
     def normalised(raw: str) -> str:
