@@ -12,11 +12,11 @@ One query a line::
 or a symlink elsewhere) unless the caller allows it (see :func:`resolve_image_path`). Fields not in the
 schema (e.g. MultimodalQA's ``modalities``) are kept as extra attributes and otherwise ignored.
 
-Files are read by :func:`mmrag_agent.jsonl.iter_jsonl`: UTF-8 (a BOM is accepted; any other encoding is refused with the line of the first
-invalid byte, as JSON Lines requires UTF-8), gzip-compressed or not (recognised by content). Every problem
-is one :class:`DatasetError` line naming the file, the line and the fix: invalid JSON, nesting deeper than
-:data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INT_DIGITS` digits, lines over
-:data:`MAX_LINE_BYTES`, a ``.gz`` name on a file that is not gzip, a truncated gzip stream.
+Files are read by :func:`mmrag_agent.jsonl.iter_jsonl`: UTF-8 (a BOM is accepted; any other encoding is
+refused with the line of the first invalid byte, as JSON Lines requires UTF-8), gzip-compressed or not
+(recognised by content). Every problem is one :class:`DatasetError` line naming the file, the line and the
+fix: invalid JSON, nesting deeper than :data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INT_DIGITS`
+digits, lines over :data:`MAX_LINE_BYTES`, a ``.gz`` name on a file that is not gzip, a truncated gzip stream.
 """
 
 from __future__ import annotations
