@@ -3,7 +3,7 @@
     python examples/agent_tool.py                 # the tool call an agent makes, offline
     python examples/agent_tool.py --agent         # a LlamaIndex ReActAgent deciding to call it
 
-The engine indexes the bundled examples/docs and answers with SmolLM2-135M-Instruct (offline). For the agent
+The engine indexes the demo folder bundled with the package and answers with SmolLM2-135M-Instruct (offline). For the agent
 itself, pass a capable chat LLM in production (e.g. a served Qwen or Llama): a 135M model often fails to
 follow the ReAct format, and the agent then reports that instead of calling the tool.
 """
@@ -13,6 +13,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+from mmrag_agent.data import demo_docs
 from mmrag_agent.engine import MMRAGQueryEngine
 from mmrag_agent.indexing import build_index
 
@@ -21,7 +22,7 @@ parser.add_argument("--agent", action="store_true", help="run a ReActAgent with 
 parser.add_argument("--question", default="How did revenue change over the year, and which chart shows it?")
 args = parser.parse_args()
 
-index = build_index(Path(__file__).parent / "docs", store=Path(tempfile.mkdtemp()) / "store", show_progress=False)
+index = build_index(demo_docs(), store=Path(tempfile.mkdtemp()) / "store", show_progress=False)
 engine = MMRAGQueryEngine.from_defaults(index, model="smollm2", keep=4, max_new_tokens=160)
 tool = engine.as_tool()
 print(f"tool {tool.metadata.name!r}: {tool.metadata.description}\n")

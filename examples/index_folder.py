@@ -2,7 +2,7 @@
 
     python examples/index_folder.py [FOLDER] [QUESTION]
 
-Defaults to the bundled examples/docs. Runs offline: all-MiniLM-L6-v2 for text, and image-as-text for
+Defaults to the demo folder bundled with the package (mmrag_agent/data/demo_docs). Runs offline: all-MiniLM-L6-v2 for text, and image-as-text for
 images unless CLIP weights are available (pass image_model="openai/clip-vit-base-patch32" or a directory).
 """
 
@@ -12,9 +12,10 @@ from pathlib import Path
 
 from llama_index.core.schema import ImageNode
 
+from mmrag_agent.data import demo_docs
 from mmrag_agent.indexing import build_index
 
-folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "docs"
+folder = Path(sys.argv[1]) if len(sys.argv) > 1 else demo_docs()
 question = sys.argv[2] if len(sys.argv) > 2 else "How did revenue change over the year?"
 
 # The store defaults to FOLDER/.mmrag; a temporary one keeps the example folder clean.

@@ -1,4 +1,4 @@
-"""Regenerate the images of ``examples/docs/`` (the notes beside them are written by hand).
+"""Regenerate the images of the demo folder ``mmrag_agent/data/demo_docs/`` (the notes beside them are written by hand).
 
 Photos come from scikit-image's bundled sample data (public domain / CC0, see examples/README.md);
 charts are drawn with matplotlib. Needs ``pip install scikit-image`` (not a dependency of mmrag-agent).
@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-DOCS = Path(__file__).resolve().parent / "docs"
+DOCS = Path(__file__).resolve().parents[1] / "mmrag_agent" / "data" / "demo_docs"
 
 
 def save_photo(name: str, array, path: Path, size: int = 384, exif_description: str | None = None) -> None:

@@ -15,28 +15,27 @@ from mmrag_agent.models import load_model
 from mmrag_agent.prompts import CandidateView
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
+def _norm(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum())
 
 
-def echoed_scaffold(text: str, k: int) -> list[str]:
-    """The scaffold phrases (the prompt's own wording) of which ``text`` repeats three consecutive words or all."""
-    words = " " + " ".join(_words(text)) + " "
-    found = []
-    for phrase in scaffold_phrases(k):
-        w = _words(phrase)
-        grams = [w] if len(w) < 3 else [w[i:i + 3] for i in range(len(w) - 2)]
-        if any(f" {' '.join(g)} " in words for g in grams if len(g) >= 2):
-            found.append(phrase)
-    return found
+def copied(text: str, source: str, length: int) -> str | None:
+    """A span of ``length`` letters and digits that ``text`` copies from ``source`` (compared on letters and digits)."""
+    a, b = _norm(text), _norm(source)
+    return next((a[i:i + length] for i in range(len(a) - length + 1) if a[i:i + length] in b), None)
 
 
-def assert_well_formed(output, k: int) -> None:
+def assert_well_formed(output, k: int, prompt: str = "") -> None:
     assert output.format_ok and stage2_format_ok(output.raw), output.raw
     assert not output.used_fallback and output.ranking and len(set(output.ranking)) == len(output.ranking)
-    assert all(1 <= n <= k for n in output.ranking + output.cited)
+    assert all(1 <= n <= k for n in output.ranking) and set(output.cited) <= set(output.ranking)  # cites only what it ranked
     assert output.reasoning.strip() and re.search(r"[A-Za-z0-9]", output.answer_text), output.raw
-    assert not echoed_scaffold(output.reasoning, k) and not echoed_scaffold(output.answer, k), output.raw
+    assert "\n" not in output.answer
+    for slot in (output.reasoning, output.answer):  # never the prompt's own text
+        for phrase in scaffold_phrases(k):
+            assert copied(slot, phrase, min(len(_norm(phrase)), 16)) is None, (phrase, output.raw)
+        if prompt:
+            assert copied(slot, prompt, 40) is None, output.raw
     assert re.fullmatch(stage2_output_regex(k), output.raw), output.raw  # the regex TRL's vLLM generation gets
 
 
@@ -55,8 +54,8 @@ def test_random_models_always_write_the_format(model_fixture, k, request, tmp_pa
     loaded = load_model(request.getfixturevalue(model_fixture), max_pixels=56 * 56)
     requests = [(f"Question {q} about topic {q}?", views(k, tmp_path)) for q in range(3)]
     constrained = Stage2Model(loaded, max_new_tokens=48, cache_size=0)
-    for output in constrained.run_many(requests, batch_size=3):
-        assert_well_formed(output, k)
+    for (query, shown), output in zip(requests, constrained.run_many(requests, batch_size=3)):
+        assert_well_formed(output, k, constrained.prompt(query, shown)[0])
     free = Stage2Model(loaded, max_new_tokens=48, cache_size=0, constrained=False).run_many(requests, batch_size=3)
     assert not any(o.format_ok for o in free)  # random weights never find the format unaided: the grammar does it
 
@@ -95,8 +94,8 @@ def test_the_offline_model_answers_demo_and_own_questions_in_the_format(smollm2_
                  "What pet is in the photo?"]
     stage2 = Stage2Model(smollm2_loaded, max_new_tokens=64, cache_size=0)
     outputs = stage2.run_many([(q, demo_views) for q in questions], batch_size=len(questions))
-    for output in outputs:
-        assert_well_formed(output, len(demo_views))
+    for question, output in zip(questions, outputs):
+        assert_well_formed(output, len(demo_views), stage2.prompt(question, demo_views)[0])
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +110,10 @@ def smollm2_loaded():
 @pytest.fixture(scope="module")
 def demo_views():
     """The demo's candidates as stage 2 sees them: its bundled documents' texts and image surrogates."""
-    from pathlib import Path
 
-    docs = Path(__file__).resolve().parents[1] / "mmrag_agent" / "data" / "demo_docs"
-    if not docs.is_dir():
-        docs = Path(__file__).resolve().parents[1] / "examples" / "docs"
+    from mmrag_agent.data import demo_docs
+
+    docs = demo_docs()
     texts = [("company/quarterly-report.md", "text"), ("coffee/brewing.html", "text"), ("space/missions.md", "text"),
              ("company/charts/revenue-by-quarter.png", "image"), ("space/astronaut.jpg", "image")]
     out = []

@@ -194,3 +194,17 @@ def test_grouped_and_adjacent_citations_score_the_same_everywhere():
         assert answer_f1(parsed.answer_text, ["Paris"]) == 1.0
         assert [c.ids for c in find_citations(parsed.answer)] in ([(1, 3)], [(1,), (3,)])
         assert _linkify(parsed.answer, {}).count("cite-missing") == 2  # the page reads the same two ids
+
+
+def test_a_huge_question_is_cut_to_the_prompt_budget_with_a_warning(tiny_qwen2_dir, caplog):
+    from mmrag_agent.prompts import DEFAULT_MAX_QUERY_TOKENS, CandidateView
+
+    loaded = load_model(tiny_qwen2_dir)
+    question = "why " * 25_000  # 100 kB
+    views = [CandidateView(text="Barcelona hosted the 1992 Olympics.", key="a")]
+    prompt = YesNoScorer(loaded).prompt(question, views[0])
+    stage2_prompt, _ = Stage2Model(loaded).prompt(question, views)
+    for text in (prompt, stage2_prompt):
+        assert len(loaded.tokenizer(text)["input_ids"]) < DEFAULT_MAX_QUERY_TOKENS + 400
+    assert "only its first 512 are shown" in caplog.text
+    assert 0.0 < YesNoScorer(loaded).score(question, views)[0] < 1.0

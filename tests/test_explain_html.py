@@ -280,3 +280,15 @@ def test_citation_fragment_resolves_in_chromium(tmp_path):
                                              fragment="cand-1")).convert("RGB"))
     first_changed = np.abs(plain.astype(int) - first.astype(int)).max(axis=2) > 30
     assert first_changed.any() and np.nonzero(first_changed)[0].min() < ys.min()
+
+
+def test_the_page_says_in_plain_words_when_there_is_no_usable_answer_and_shows_the_fused_score():
+    from mmrag_agent.explain import NO_ANSWER
+
+    cand = CandidateEvidence(node_id="n", modality="text", source="a.txt", text="t", retrieval_score=0.4, stage1_probability=float("nan"),
+                             fused_score=0.71, kept_by_stage1=True)
+    page = render_explanation_html(ExplainedAnswer("q?", NO_ANSWER, "", [cand], answered=False))
+    assert "The model produced no usable answer" in page and "Fused score" in page and "0.710" in page
+    assert "NaN (no score)" in page  # an overflowed P(relevant) is said, not drawn as a full bar
+    answered = render_explanation_html(ExplainedAnswer("q?", "Paris [1]", "r", [cand]))
+    assert "The model produced no usable answer" not in answered

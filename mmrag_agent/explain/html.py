@@ -215,7 +215,9 @@ def _card(cand: CandidateEvidence, anchor: Optional[str], thumb: Optional[_Thumb
         f'<dt title="Retriever similarity; text and image scores come from different spaces">Retrieval score</dt>'
         f'<dd class="num">{_fmt_num(cand.retrieval_score)}</dd>'
         f"<dt>Stage 1 P(relevant)</dt><dd>{_prob_bar(cand.stage1_probability, cand.kept_by_stage1)}</dd>"
-        f"<dt>Stage 1</dt><dd>{s1_state}</dd>"
+        + (f'<dt title="What stage 1 ranked by: P(relevant) fused with the normalised retrieval score">Fused score</dt>'
+           f'<dd class="num">{_fmt_num(cand.fused_score)}</dd>' if cand.fused_score is not None else "")
+        + f"<dt>Stage 1</dt><dd>{s1_state}</dd>"
         f"<dt>Stage-2 prompt</dt><dd>{position}</dd>"
         f"<dt>Stage-2 rank</dt><dd>{rank}</dd>"
         f"<dt>Cited</dt><dd>{cited_state}</dd>"
@@ -345,6 +347,9 @@ def render_explanation_html(result: ExplainedAnswer, max_thumbnail_side: int = 2
                  f"<h1>{question}</h1></header>")
 
     answer_html = _linkify(result.answer, positions) if result.answer.strip() else '<span class="muted">(no answer)</span>'
+    if not result.answered:  # said in plain words: the text above is a note, not the model's answer
+        answer_html = (f'<span class="muted">{answer_html}</span><br><span class="no-answer">The model produced no usable answer '
+                       "for this question. The candidates below show what was retrieved and how each stage judged it.</span>")
     parts.append(f'<section class="panel answer" aria-label="Answer"><p class="text">{answer_html}</p>'
                  f"{_sources_strip(cited, anchors, thumbs)}</section>")
 

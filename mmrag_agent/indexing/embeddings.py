@@ -285,7 +285,7 @@ def resolve_image_embedding(
             return ClipEmbedding(model_name=DEFAULT_CLIP_MODEL, device=device, dtype=dtype, embed_batch_size=batch_size)
         except EmbeddingModelUnavailable as exc:
             logger.warning("%s", exc)
-    logger.warning("no CLIP weights available for %s (offline?); images are embedded through their text surrogate "
-                   "(image_model='text'). Pass a CLIP directory as image_model to embed pixels.", DEFAULT_CLIP_MODEL)
+    logger.info("no CLIP weights available for %s (offline?); images are embedded through their text surrogate "
+                "(image_model='text'). Pass a CLIP directory as image_model to embed pixels.", DEFAULT_CLIP_MODEL)
     return SurrogateTextImageEmbedding(text_embedding)
 

@@ -9,8 +9,10 @@ the grammar of :mod:`mmrag_agent.format`::
   candidates (``1..K``); each holds at least one visible character;
 * the ranking holds one to K distinct ids of shown candidates;
 * the tags are forced once opened, and each part has a token budget, so the completion always closes in time;
-* the prompt's own scaffolding (its instructions, the candidate headers) cannot be copied into the reasoning or the
-  answer: the token n-grams of those phrases are banned there.
+* the prompt's own text cannot be copied into the reasoning or the answer: not 16 letters and digits in a row of its
+  scaffolding (instructions, candidate headers: "Text candidate" is out) and not 40 of anything it shows (question
+  and candidates included), compared on letters and digits only, lower-cased, so no other tokenization or
+  spacing of the same words gets round it; the answer is one paragraph, and no span of five tokens is written twice.
 
 Why a processor of our own rather than a grammar engine (xgrammar, outlines): the rules that matter here depend
 on each prompt (K, which ids are still unused, which phrases are scaffolding), distinctness of ids is not a
@@ -22,6 +24,7 @@ available to TRL's vLLM generation as a regular expression, :func:`mmrag_agent.f
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 from weakref import WeakKeyDictionary
@@ -32,6 +35,8 @@ __all__ = ["Stage2Grammar", "scaffold_phrases"]
 
 _SPECIAL = "<>[]"  # characters free text may not hold (tags and citations are produced by the grammar only)
 _REPEAT = 5  # free text never repeats a span of this many tokens (small models loop otherwise)
+_COPY_PROMPT = 40  # letters and digits in a row free text may not copy from the prompt
+_COPY_SCAFFOLD = 16  # ... from the scaffold's wording (about three words)
 _ANSWER_WORDS = 4  # tokens of answer the budget keeps room for
 
 
@@ -42,11 +47,12 @@ def scaffold_phrases(num_candidates: int) -> list[str]:
     sentences = [STAGE2_SYSTEM, stage2_instruction(num_candidates), STAGE2_ASK]
     pieces = [p.strip() for s in sentences for p in s.replace(THINK_OPEN, ".").replace(THINK_CLOSE, ".").replace(RANK_OPEN, ".")
               .replace(RANK_CLOSE, ".").replace(ANSWER_OPEN, ".").replace(ANSWER_CLOSE, ".").split(".") if p.strip()]
-    return pieces + ["Text candidate", "Image candidate", "Image description:", "Candidates:", "Question:"]
+    return pieces + ["Text candidate", "Image candidate", "Image description"]  # the headers of the candidate list
 
 
 def _norm(text: str) -> str:
-    return text.strip().lower()
+    """Letters and digits only, lower-cased: how copies are compared (any spacing, punctuation or tokenization)."""
+    return "".join(c for c in text.lower() if c.isalnum())
 
 
 def _visible(text: str) -> bool:
@@ -55,7 +61,7 @@ def _visible(text: str) -> bool:
 
 
 class _Vocabulary:
-    """Per tokenizer: every token's text, the free-text masks, and the tokens by normalised word."""
+    """Per tokenizer: every token's text, the free-text masks, and the tokens by their letters and digits."""
 
     def __init__(self, tokenizer) -> None:
         import torch
@@ -66,30 +72,19 @@ class _Vocabulary:
         self.usable = [i not in special and bool(t) for i, t in enumerate(self.text)]
         self.free = torch.tensor([u and not any(c in t for c in _SPECIAL) for u, t in zip(self.usable, self.text)])
         self.visible_free = self.free & torch.tensor([_visible(t) for t in self.text])
-        self.by_norm: dict[str, list[int]] = {}
-        for i, t in enumerate(self.text):
-            if self.usable[i] and _norm(t):
-                self.by_norm.setdefault(_norm(t), []).append(i)
+        self._norms = sorted((_norm(t), i) for i, t in enumerate(self.text) if self.usable[i] and _norm(t))
+        self._norm_keys = [n for n, _ in self._norms]
+        self.line_breaks = [i for i, t in enumerate(self.text) if "\n" in t or "\r" in t]
         self.eos = tokenizer.eos_token_id
         self.tokenizer = tokenizer
-        self._ngrams: dict[int, dict[tuple[str, ...], list[int]]] = {}
 
 
-    def banned_ngrams(self, num_candidates: int) -> dict[tuple[str, ...], list[int]]:
-        """Word trigrams of the scaffold phrases, compared case-insensitively: the two words before -> the banned
-        next tokens (every token that spells the third word)."""
-        if num_candidates not in self._ngrams:
-            table: dict[tuple[str, ...], set[str]] = {}
-            for phrase in scaffold_phrases(num_candidates):
-                cases = {phrase, phrase[:1].lower() + phrase[1:], phrase[:1].upper() + phrase[1:], phrase.lower()}
-                for variant in cases | {" " + c for c in cases} | {"\n" + c for c in cases}:
-                    words = [w for w in (_norm(self.text[i]) for i in self.tokenizer(variant, add_special_tokens=False)["input_ids"]) if w]
-                    n = min(len(words), 3)
-                    for start in range(len(words) - n + 1) if n >= 2 else ():
-                        gram = words[start:start + n]
-                        table.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
-            self._ngrams[num_candidates] = {context: [i for w in nexts for i in self.by_norm.get(w, ())] for context, nexts in table.items()}
-        return self._ngrams[num_candidates]
+
+    def starting_with(self, prefix: str) -> list[int]:
+        """Tokens whose letters and digits start with ``prefix`` (a binary search over the sorted ones)."""
+        low = bisect_left(self._norm_keys, prefix)
+        high = bisect_left(self._norm_keys, prefix + "\U0010ffff")
+        return [i for _, i in self._norms[low:high]]
 
 
 _VOCABULARIES: "WeakKeyDictionary[object, _Vocabulary]" = WeakKeyDictionary()
@@ -115,7 +110,8 @@ class _Row:
     part_tokens: int = 0
     generated: int = 0
     ranked: list[int] = field(default_factory=list)
-    recent: list[str] = field(default_factory=list)  # words of the current free part, normalised (for the scaffold ban)
+    tail: str = ""  # the letters and digits of the current free part (its last 64)
+    sources: list[tuple[str, int]] = field(default_factory=list)  # (text not to copy, longest copy allowed + 1)
     written: list[int] = field(default_factory=list)  # every free-text token of the completion
     repeats: dict[tuple[int, ...], set[int]] = field(default_factory=dict)  # written spans: context -> next token
 
@@ -146,7 +142,7 @@ class Stage2Grammar:
         self.max_new_tokens = max_new_tokens
         self._tokenizer = tokenizer
         self._cache: dict[str, tuple[int, ...]] = {}
-        self._citations: dict[int, list[tuple[tuple[int, ...], str]]] = {}
+        self._citations: dict[tuple[int, ...], list[tuple[tuple[int, ...], str]]] = {}
         k_max = max(num_candidates)
         self.close_think = self._ids(THINK_CLOSE + RANK_OPEN)
         self.close_rank = self._ids(RANK_CLOSE + ANSWER_OPEN)
@@ -187,6 +183,11 @@ class Stage2Grammar:
         if self._seen is not None:
             for row, token in zip(self.rows, input_ids[:, -1].tolist()):
                 self._advance(row, token)
+        else:  # the first call sees the prompts: what the completion may not copy
+            scaffold = [(_norm(p), min(len(_norm(p)), _COPY_SCAFFOLD)) for p in scaffold_phrases(max(r.k for r in self.rows))]
+            for row, prompt in zip(self.rows, input_ids.tolist()):
+                text = _norm("".join(self.vocab.text[i] for i in prompt if 0 <= i < len(self.vocab.text)))
+                row.sources = [(text, _COPY_PROMPT)] + [(p, n) for p, n in scaffold if n]
         self._seen = input_ids.shape[1]
         mask = torch.stack([self._allowed(row, scores.shape[1]) for row in self.rows])
         return scores.masked_fill(~mask, float("-inf"))
@@ -195,9 +196,10 @@ class Stage2Grammar:
     def _free_alternatives(self, row: _Row) -> list[tuple[tuple[int, ...], str]]:
         if not row.visible:
             return []  # citations and the closing tags follow something said
-        if row.k not in self._citations:
-            self._citations[row.k] = self._opening([f"{lead}{candidate_marker(n)}" for n in range(1, row.k + 1) for lead in ("", " ")], "cite")
-        cites = self._citations[row.k]
+        ids = tuple(row.ranked) if row.part == "answer" else tuple(range(1, row.k + 1))  # the answer cites what it ranked
+        if ids not in self._citations:
+            self._citations[ids] = self._opening([f"{lead}{candidate_marker(n)}" for n in ids for lead in ("", " ")], "cite")
+        cites = self._citations[ids]
         closing = [(self.close_think, "rank")] if row.part == "think" else [(self.close_answer, "done")]
         return cites + closing
 
@@ -216,14 +218,34 @@ class Stage2Grammar:
         else:
             allowed[: len(vocab.free)] = vocab.free if row.visible else vocab.visible_free
             allowed[[ids[0] for ids, _ in self._free_alternatives(row)]] = True
-            banned = vocab.banned_ngrams(row.k)
-            for n in (2, 1):  # the scaffold's wording is never continued (case-insensitive, whatever the tokenization)
-                if len(row.recent) >= n:
-                    allowed[banned.get(tuple(row.recent[-n:]), [])] = False
             context = tuple(row.written[-(_REPEAT - 1):])
             if len(context) == _REPEAT - 1:
                 allowed[list(row.repeats.get(context, ()))] = False  # no span of _REPEAT tokens is written twice
+            allowed[self._copying(row)] = False
+            if row.part == "answer":
+                allowed[vocab.line_breaks] = False  # the answer is one paragraph
         return allowed
+
+    def _copying(self, row: _Row) -> list[int]:
+        """Tokens that would make the free part copy a span of a source (the prompt, the scaffold) that is too long."""
+        banned: list[int] = []
+        for source, limit in row.sources:
+            low, high = 0, min(len(row.tail), limit - 1)  # the longest end of the tail found in the source
+            while low < high:
+                mid = (low + high + 1) // 2
+                low, high = (mid, high) if row.tail[-mid:] in source else (low, mid - 1)
+            if low == 0:  # no copy under way (a single token longer than the limit is not looked for)
+                continue
+            match = row.tail[-low:] if low else ""
+            start = source.find(match)
+            for _ in range(64):  # each place the copy could go on from
+                if start < 0:
+                    break
+                rest = source[start + low: start + limit]  # what would complete a copy of `limit` characters
+                if len(rest) == limit - low:
+                    banned += self.vocab.starting_with(rest)
+                start = source.find(match, start + 1)
+        return banned
 
     def _must_close(self, row: _Row) -> bool:
         if row.part == "think":
@@ -249,8 +271,7 @@ class Stage2Grammar:
             if not openings:  # free text
                 text = self.vocab.text[token]
                 row.visible = row.visible or _visible(text)
-                if _norm(text):
-                    row.recent.append(_norm(text))
+                row.tail = (row.tail + _norm(text))[-64:]
                 if len(row.written) >= _REPEAT - 1:
                     row.repeats.setdefault(tuple(row.written[-(_REPEAT - 1):]), set()).add(token)
                 row.written.append(token)
@@ -267,7 +288,7 @@ class Stage2Grammar:
 
     def _enter(self, row: _Row, goal: str) -> None:
         if goal == "cite":  # back to the free text the citation interrupted
-            row.recent = []
+            row.tail = ""
         elif goal.startswith("id "):
             row.ranked.append(int(goal[3:]))
             row.pending = self._rank_choices(row)
@@ -275,4 +296,4 @@ class Stage2Grammar:
             row.part, row.part_tokens = "rank", 0
             row.pending = self._rank_choices(row)
         else:  # think, answer, done
-            row.part, row.part_tokens, row.visible, row.recent = goal, 0, False, []
+            row.part, row.part_tokens, row.visible, row.tail = goal, 0, False, ""
