@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
@@ -26,7 +26,11 @@ class ImageRejected(ValueError):
 
 @dataclass
 class LoadedImage:
-    """A decoded, upright RGB image and what was learned while loading it."""
+    """A decoded, upright RGB image and what was learned while loading it.
+
+    ``width`` and ``height`` are the upright size of the image in the file; ``image`` may be smaller when a
+    ``max_side`` was asked for.
+    """
 
     image: Image.Image
     width: int
@@ -36,6 +40,10 @@ class LoadedImage:
     exif_orientation: int | None
 
 
+#: Longest EXIF ImageDescription kept (characters); the rest is cut.
+MAX_EXIF_DESCRIPTION = 2000
+
+
 def load_image(
     path: str | Path | IO[bytes], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_side: int | None = None
 ) -> LoadedImage:
@@ -43,7 +51,9 @@ def load_image(
 
     The declared size is checked against ``max_pixels`` from the header, before any pixel is decoded,
     so a decompression bomb costs nothing. The whole image is then decoded, so a truncated file fails
-    here rather than later inside a model. EXIF orientation is applied.
+    here rather than later inside a model. EXIF orientation is applied. With ``max_side``, JPEGs are
+    decoded directly at a reduced scale (libjpeg's DCT scaling, which still reads every byte) and every
+    image is downscaled before it is rotated or converted, so a 12-megapixel photo never exists in full.
 
     Args:
         path: The image file, or a binary file object holding it.
@@ -55,6 +65,12 @@ def load_image(
 
     Raises:
         ImageRejected: With a message that names the problem and what to do.
+        OSError: The file cannot be opened (missing, permissions).
+
+    Example:
+        >>> loaded = load_image("photo.jpg", max_side=1024)
+        >>> (loaded.width, loaded.height), loaded.image.size   # the file's size, the decoded size
+        ((4032, 3024), (1024, 768))
     """
     if isinstance(path, str):
         path = Path(path)
@@ -70,11 +86,18 @@ def load_image(
                         f"--max-image-pixels if the image is genuine"
                     )
                 fmt = img.format or ""
-                exif = img.getexif()
+                exif = _read_exif(img)
+                if max_side is not None and max(width, height) > max_side:
+                    scale = max_side / max(width, height)
+                    img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))  # JPEG only
                 img.load()
-                upright = ImageOps.exif_transpose(img)
-                rgb = upright.convert("RGB")
-    except ImageRejected:
+                rgb = img if img.mode == "RGB" else img.convert("RGB")
+                if max_side is not None and max(rgb.size) > max_side:
+                    rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)  # in place
+                orientation = _orientation(exif)
+                if orientation not in (None, 1):
+                    rgb = rgb.transpose(_TRANSPOSE[orientation])  # a new image
+    except (ImageRejected, FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except UnidentifiedImageError:
         raise ImageRejected("not a readable image (unknown or corrupt format); re-export or remove the file") from None
@@ -85,20 +108,46 @@ def load_image(
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(f"corrupt or truncated image ({exc}); re-export or remove the file") from None
-    if max_side is not None and max(rgb.size) > max_side:
-        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    description = exif.get(_EXIF_IMAGE_DESCRIPTION)
-    if isinstance(description, bytes):
-        description = description.decode("utf-8", "replace")
-    description = description.strip("\x00 \n\t") if isinstance(description, str) else None
+    except Exception as exc:  # noqa: BLE001 - a decoder may fail in any way on a hostile file
+        raise ImageRejected(f"corrupt image ({type(exc).__name__}: {exc}); re-export or remove the file") from None
+    if orientation in (5, 6, 7, 8):  # a quarter turn swaps the sides
+        width, height = height, width
     return LoadedImage(
         image=rgb,
-        width=rgb.width,
-        height=rgb.height,
+        width=width,
+        height=height,
         format=fmt,
-        exif_description=description or None,
-        exif_orientation=exif.get(_EXIF_ORIENTATION),
+        exif_description=_description(exif),
+        exif_orientation=orientation,
     )
+
+
+#: EXIF orientation -> the transposition that makes the image upright (as ``ImageOps.exif_transpose``).
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _read_exif(img: Image.Image) -> dict:
+    try:
+        return dict(img.getexif())
+    except Exception:  # noqa: BLE001 - a broken EXIF block loses only the EXIF data
+        return {}
+
+
+def _orientation(exif: dict) -> int | None:
+    value = exif.get(_EXIF_ORIENTATION)
+    return value if type(value) is int and 1 <= value <= 8 else None
+
+
+def _description(exif: dict) -> str | None:
+    description = exif.get(_EXIF_IMAGE_DESCRIPTION)
+    if isinstance(description, bytes):
+        description = description[: 4 * MAX_EXIF_DESCRIPTION].decode("utf-8", "replace")
+    if not isinstance(description, str):
+        return None
+    description = " ".join("".join(c if c.isprintable() else " " for c in description[: 4 * MAX_EXIF_DESCRIPTION]).split())
+    return description[:MAX_EXIF_DESCRIPTION].encode("utf-8", "replace").decode("utf-8") or None
 
 
 def image_to_png_bytes(image: Image.Image) -> io.BytesIO:

@@ -8,21 +8,31 @@ One query a line::
                     {"id": "c2", "modality": "text", "text": "Santa Anita Park is a racetrack ..."}],
      "positives": ["c1"], "answers": ["green"], "qtype": "ImageQ", "keywords": null}
 
-``image_path`` is relative to the JSONL file's folder (see :meth:`Candidate.image_file`). Fields not in the
+``image_path`` is relative to the JSONL file's folder and may not lead outside it (``..``, an absolute path
+or a symlink elsewhere) unless the caller allows it (see :func:`resolve_image_path`). Fields not in the
 schema (e.g. MultimodalQA's ``modalities``) are kept as extra attributes and otherwise ignored.
+
+Files are read by :func:`mmrag_agent.jsonl.iter_jsonl`: UTF-8 (a BOM is accepted; any other encoding is
+refused with the line of the first invalid byte, as JSON Lines requires UTF-8), gzip-compressed or not
+(recognised by content). Every problem is one :class:`DatasetError` line naming the file, the line and the
+fix: invalid JSON, nesting deeper than :data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INT_DIGITS`
+digits, lines over :data:`MAX_LINE_BYTES`, a ``.gz`` name on a file that is not gzip, a truncated gzip stream.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
+import os
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["Candidate", "DatasetError", "RerankExample", "read_rerank_examples", "resolve_image_path"]
+from .jsonl import MAX_INT_DIGITS, MAX_JSON_DEPTH, MAX_LINE_BYTES, DatasetError, iter_jsonl
+
+__all__ = ["Candidate", "DatasetError", "RerankExample", "iter_jsonl", "load_candidate_image", "read_rerank_examples",
+           "resolve_image_path", "MAX_INT_DIGITS", "MAX_JSON_DEPTH", "MAX_LINE_BYTES"]
+
 
 
 class Candidate(BaseModel):
@@ -67,15 +77,25 @@ class Candidate(BaseModel):
             text = ""
         return "\n".join(part for part in (title, text) if part)
 
-    def image_file(self, data_file: str | Path) -> Path | None:
+    _source: Optional[tuple] = PrivateAttr(default=None)  # (line, qid, index) when read from a file
+
+    def image_file(self, data_file: str | Path, allow_outside: bool = False, must_exist: bool = False) -> Path | None:
         """Resolve ``image_path`` against the folder of the JSONL file the candidate was read from.
+
+        Delegates to :func:`resolve_image_path`; a candidate read by :func:`read_rerank_examples` names its
+        line and qid in the error.
 
         Args:
             data_file: The JSONL file (not its folder) that holds this candidate.
+            allow_outside: Allow a path that leads outside the JSONL file's folder.
+            must_exist: Also require the file to exist.
 
         Returns:
-            The image's path (an absolute ``image_path`` is returned unchanged), or None without an
-            ``image_path``. Existence is not checked.
+            The image's resolved path, or None without an ``image_path``.
+
+        Raises:
+            DatasetError: ``image_path`` leads outside the folder and ``allow_outside`` is False, or (with
+                ``must_exist``) names no file; the message names the line and qid of a candidate read from a file.
 
         Example:
             >>> Candidate(id="a", modality="image", image_path="img/a.jpg").image_file("/data/dev.jsonl")
@@ -83,8 +103,9 @@ class Candidate(BaseModel):
         """
         if not self.image_path:
             return None
-        path = Path(self.image_path)
-        return path if path.is_absolute() else Path(data_file).parent / path
+        line, qid, index = self._source or (None, None, None)
+        field = f"candidates[{index}].image_path" if index is not None else "image_path"
+        return resolve_image_path(self.image_path, data_file, allow_outside, field, must_exist=must_exist, line=line, qid=qid)
 
 
 class RerankExample(BaseModel):
@@ -146,21 +167,89 @@ class RerankExample(BaseModel):
         return [c.id for c in self.candidates]
 
 
-class DatasetError(ValueError):
-    """A rerank-example file cannot be read; the message names the file, the 1-based line, the field and the fix.
+def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bool = False, field: str = "image_path", *,
+                       must_exist: bool = True, line: int | None = None, qid: str | None = None) -> Path:
+    """The image a candidate's ``image_path`` names: resolved against the folder of its JSONL file.
 
-    Attributes:
-        path: The file.
-        line: 1-based line number (None for file-level problems).
-        field: The offending field as a path like ``candidates[2].id`` (None for JSON syntax errors).
-        fix: What to change.
+    The path (``..`` and symlinks resolved) must stay inside that folder unless ``allow_outside``: a data
+    file from elsewhere cannot make training or evaluation read, e.g., ``../../../../etc/passwd`` or
+    ``/home/me/.ssh/id_rsa``.
+
+    Args:
+        image_path: The candidate's ``image_path`` as written in the file.
+        data_file: The JSONL file (not its folder).
+        allow_outside: Accept a path that leads outside the data file's folder.
+        field: The field named in the error, e.g. ``candidates[2].image_path``.
+        must_exist: Also require the file to exist.
+        line: The 1-based line of the candidate's example (named in the error).
+        qid: The example's qid (named in the error).
+
+    Returns:
+        The resolved absolute path.
+
+    Raises:
+        DatasetError: The path leads outside the folder (and ``allow_outside`` is False), is not a path, or (with
+            ``must_exist``) names no file.
+
+    Example:
+        >>> resolve_image_path("img/a.jpg", "/data/dev.jsonl")  # if /data/img/a.jpg exists
+        PosixPath('/data/img/a.jpg')
+        >>> resolve_image_path("../../etc/passwd", "/data/dev.jsonl", line=3, qid="q7")
+        Traceback (most recent call last):
+        DatasetError: /data/dev.jsonl:3: qid 'q7': field 'image_path': '../../etc/passwd' leads outside ...
     """
+    folder = Path(os.path.realpath(Path(data_file).absolute().parent))
+    if "\x00" in image_path:
+        raise DatasetError(data_file, line, field, "contains a NUL character", "give the image's path relative to the data file's folder", qid)
+    resolved = Path(os.path.realpath(folder / image_path))  # an absolute image_path replaces the folder
+    if not allow_outside and not resolved.is_relative_to(folder):
+        raise DatasetError(data_file, line, field, f"{image_path!r} leads outside the data file's folder {folder}",
+                           "keep images in (or under) the folder of the JSONL file, or allow images outside it "
+                           "(allow_outside=True) if you trust this file", qid)
+    if must_exist and not resolved.is_file():
+        raise DatasetError(data_file, line, field, f"image file {resolved} does not exist",
+                           "fix image_path (relative to the data file's folder) or use the model without images", qid)
+    return resolved
 
-    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str, fix: str) -> None:
-        self.path, self.line, self.field, self.problem, self.fix = str(path), line, field, problem, fix
-        where = f"{path}:{line}" if line is not None else str(path)
-        what = f"field '{field}': {problem}" if field else problem
-        super().__init__(f"{where}: {what}; fix: {fix}")
+
+def load_candidate_image(candidate: "Candidate", data_file: str | Path, allow_outside: bool = False,
+                         max_side: int | None = None, max_pixels: int | None = None):
+    """Open a candidate's image safely (see :func:`mmrag_agent.media.load_image`), or say which line is at fault.
+
+    Args:
+        candidate: An image candidate with an ``image_path``.
+        data_file: The JSONL file it was read from.
+        allow_outside: Accept an ``image_path`` that leads outside the data file's folder.
+        max_side: Downscale so that the longer side is at most this.
+        max_pixels: Decompression-bomb guard (default: :data:`mmrag_agent.media.DEFAULT_MAX_IMAGE_PIXELS`).
+
+    Returns:
+        A :class:`mmrag_agent.media.LoadedImage`.
+
+    Raises:
+        DatasetError: No ``image_path``, a path outside the folder, or a missing, unreadable or corrupt image;
+            the message names the file, line, qid and field.
+
+    Example:
+        >>> ex = read_rerank_examples("dev.jsonl")[0]
+        >>> load_candidate_image(ex.candidates[0], "dev.jsonl", max_side=448).image.size
+        (448, 336)
+    """
+    from .media import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, load_image
+
+    line, qid, index = candidate._source or (None, None, None)
+    field = f"candidates[{index}].image_path" if index is not None else "image_path"
+    if not candidate.image_path:
+        raise DatasetError(data_file, line, field, f"candidate '{candidate.id}' has no image_path", "add the image's path", qid)
+    path = candidate.image_file(data_file, allow_outside=allow_outside, must_exist=True)
+    try:
+        return load_image(path, max_pixels=max_pixels or DEFAULT_MAX_IMAGE_PIXELS, max_side=max_side)
+    except ImageRejected as exc:
+        raise DatasetError(data_file, line, field, f"image {candidate.image_path!r}: {exc}", "replace or re-export the image, "
+                           "or fix image_path", qid) from None
+    except OSError as exc:
+        raise DatasetError(data_file, line, field, f"image {candidate.image_path!r} cannot be read ({exc.strerror or exc})",
+                           "fix image_path (relative to the data file's folder) or the file's permissions", qid) from None
 
 
 _FIXES = {
@@ -197,27 +286,6 @@ def _dataset_error(path: Path, line: int, exc: ValidationError) -> DatasetError:
     return DatasetError(path, line, field, problem, fix)
 
 
-def iter_jsonl(path: str | Path, fix: str = "write one JSON object a line") -> Iterator[tuple[int, dict]]:
-    """Yield ``(line number, object)`` from a JSONL file (``.gz`` too), skipping blank lines.
-
-    Raises:
-        DatasetError: For a line that is not valid JSON or not a JSON object; ``fix`` is the advice given.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(path, number, None, f"invalid JSON ({exc.msg} at column {exc.colno})", fix) from None
-            if not isinstance(record, dict):
-                raise DatasetError(path, number, None, f"expected a JSON object, got {type(record).__name__}", fix)
-            yield number, record
-
-
 def read_rerank_examples(path: str | Path, limit: int | None = None) -> list[RerankExample]:
     """Read and validate a rerank-example JSONL file (one query a line; blank lines skipped).
 
@@ -227,7 +295,8 @@ def read_rerank_examples(path: str | Path, limit: int | None = None) -> list[Rer
 
     Returns:
         The examples in file order; ``image_path`` values stay as written (resolve them with
-        :meth:`Candidate.image_file`).
+        :meth:`Candidate.image_file` or :func:`resolve_image_path`; open them with :func:`load_candidate_image`,
+        whose errors name the line and qid).
 
     Raises:
         DatasetError: At the first bad line: invalid JSON, a line that is not an object, a missing field, a
@@ -245,38 +314,12 @@ def read_rerank_examples(path: str | Path, limit: int | None = None) -> list[Rer
         return examples
     for number, record in iter_jsonl(path, fix="write each example as one complete JSON object on a single line"):
         try:
-            examples.append(RerankExample.model_validate(record))
+            example = RerankExample.model_validate(record)
         except ValidationError as exc:
             raise _dataset_error(path, number, exc) from None
+        for index, candidate in enumerate(example.candidates):
+            candidate._source = (number, example.qid, index)
+        examples.append(example)
         if limit is not None and len(examples) >= limit:
             break
     return examples
-
-
-def resolve_image_path(image_path: str, data_file: str | Path, allow_outside: bool = False, field: str = "image_path") -> Path:
-    """An example's ``image_path`` resolved against the folder of its JSONL file; it must exist and stay inside.
-
-    Args:
-        image_path: The candidate's ``image_path`` as written (relative to the data file, or absolute).
-        data_file: The JSONL file the candidate was read from.
-        allow_outside: Accept a path that leaves the data file's folder (``../``, absolute elsewhere, a link).
-        field: Names the field in error messages.
-
-    Returns:
-        The resolved path.
-
-    Raises:
-        DatasetError: The image leaves the folder (without ``allow_outside``) or does not exist.
-
-    Example:
-        >>> resolve_image_path("img/a.jpg", "/data/dev.jsonl")  # /data/img/a.jpg, if it exists
-    """
-    folder = Path(data_file).resolve().parent
-    path = (folder / image_path).resolve()
-    if not allow_outside and not path.is_relative_to(folder):
-        raise DatasetError(data_file, None, field, f"{image_path!r} points outside {folder}",
-                           "keep images inside the data file's folder, or allow paths outside it explicitly")
-    if not path.is_file():
-        raise DatasetError(data_file, None, field, f"image file {path} does not exist",
-                           "fix image_path (relative to the data file's folder) or use the model without images")
-    return path

@@ -10,7 +10,8 @@ from files import write_image, write_pdf, write_png_declaring
 
 from mmrag_agent.indexing.discovery import discover
 from mmrag_agent.media import ImageRejected, load_image
-from mmrag_agent.indexing.readers import FileRejected, decode_text, read_html, read_markdown, read_pdf
+from mmrag_agent.indexing.pdf import read_pdf
+from mmrag_agent.indexing.readers import FileRejected, decode_text, read_html, read_markdown
 from mmrag_agent.indexing.surrogates import build_surrogate, file_name_words
 
 
@@ -123,7 +124,7 @@ def test_discovery_reports_symlink_loops_and_attaches_sidecars(tmp_path):
     os.mkfifo(tmp_path / "pipe.txt")
     found = discover(tmp_path)
     assert [(f.rel, f.kind) for f in found.files] == [("doc.txt", "text"), ("sub/cat.png", "image")]
-    assert found.files[1].sidecar == tmp_path / "sub" / "cat.png.txt"
+    assert found.files[1].sidecar.path == tmp_path / "sub" / "cat.png.txt"
     reasons = {f.path: f.reason for f in found.failures}
     assert "symlink loop" in reasons["loop_a.txt"]
     assert "symlink loop" in reasons["sub/back_to_root"]

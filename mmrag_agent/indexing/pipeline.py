@@ -6,10 +6,13 @@ key and its chunk number, and its id is derived from those three. A run compares
 * unchanged file (same key, every chunk present): nothing is embedded or written;
 * new or changed file: its new points are written first, then its stale points are deleted;
 * deleted file: its points are deleted;
-* a file that fails: reported with the reason, and its earlier points are kept.
+* a file that fails: reported with the reason, and its earlier points are kept;
+* a folder that cannot be listed, or a link whose target is missing: reported as unavailable, and every
+  point under it is kept.
 
 A run killed at any point leaves only complete old files, complete new files and partial new files; the
 next run finishes the partial ones and removes the stale points, ending with exactly the right points.
+Memory is bounded by the batch limits (chunks, bytes, files), not by the size of any file.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from llama_index.core.indices.multi_modal import MultiModalVectorStoreIndex
 from llama_index.core.schema import BaseNode, MetadataMode
 from tqdm.auto import tqdm
 
+from .batches import Batch, BatchBuilder, failure_reason
 from .discovery import FileFailure, FoundFile, discover
 from .embeddings import (
     ClipEmbedding,
@@ -36,12 +40,11 @@ from .embeddings import (
     resolve_image_embedding,
     resolve_text_embedding,
 )
-from ..media import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, image_to_png_bytes
-from .nodes import NodeFactory, PreparedFile, parse_document, sha256_bytes
+from ..media import DEFAULT_MAX_IMAGE_PIXELS, image_to_png_bytes
+from .nodes import NodeFactory, PreparedFile, prepare_file
 from .ocr import load_ocr
-from .readers import FileRejected
 from .store import DEFAULT_STORE_DIRNAME, IndexStore, StoreError, open_client
-from .surrogates import read_sidecar, reference_text
+from .surrogates import reference_text
 
 logger = logging.getLogger(__name__)
 INDEX_FORMAT_VERSION = 1
@@ -57,6 +60,7 @@ class IndexReport:
     failed: list[FileFailure] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, same content as)
     warnings: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)  # folders/links not looked into: their points are kept
     ignored: int = 0
     text_points: int = 0
     image_points: int = 0
@@ -66,16 +70,6 @@ class IndexReport:
         return (f"{len(self.indexed)} indexed, {len(self.unchanged)} unchanged, {len(self.removed)} removed, "
                 f"{len(self.failed)} failed, {len(self.duplicates)} duplicate(s) skipped; "
                 f"{self.text_points} text and {self.image_points} image points in {self.seconds:.1f} s")
-
-
-@dataclass
-class _BatchWork:
-    text_nodes: list = field(default_factory=list)
-    image_nodes: list = field(default_factory=list)
-    image_inputs: object = None  # CLIP pixel tensor, or PIL images for other image models
-    failed: list[FileFailure] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    done: list[tuple[str, set[str]]] = field(default_factory=list)
 
 
 def default_store(folder: str | Path) -> Path:
@@ -103,7 +97,11 @@ class FolderIndexer:
         chunk_overlap: Tokens shared by consecutive chunks (default: chunk_size // 8).
         max_image_pixels: Refuse images declaring more pixels (decompression-bomb guard).
         ocr: ``"auto"`` (OCR images and scanned PDF pages when the ``ocr`` extra is installed), ``"on"``, ``"off"``.
-        files_per_batch: Files whose points are embedded and written together.
+        files_per_batch: At most this many files' points are embedded and written together.
+        max_batch_chunks: At most this many chunks (text chunks and images) per batch.
+        max_batch_bytes: About this many bytes of chunk text and image-model input per batch.
+        image_side: Longest side images are decoded at for a pixel-based image model (JPEGs decode directly at
+            a reduced scale); the model resizes to its own input size anyway.
         rebuild: Drop the existing index first (needed to switch embedding models).
         show_progress: Show a progress bar.
         on_file_done: Called with each file's relative path once its points are committed.
@@ -130,6 +128,9 @@ class FolderIndexer:
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         ocr: str = "auto",
         files_per_batch: int = 64,
+        max_batch_chunks: int = 256,
+        max_batch_bytes: int = 32 << 20,
+        image_side: int = 1024,
         rebuild: bool = False,
         show_progress: bool = True,
         on_file_done: Callable[[str], None] | None = None,
@@ -147,7 +148,8 @@ class FolderIndexer:
             image_model = "text" if meta.get("image_mode") == "surrogate" else meta["image_model"]
         self.image_model = resolve_image_embedding(image_model, self.text_model, device=device, dtype=dtype, batch_size=embed_batch_size)
         self.factory = self._node_factory(chunk_size, chunk_overlap, max_image_pixels, load_ocr(ocr))
-        self.files_per_batch = files_per_batch
+        self.files_per_batch, self.max_batch_chunks, self.max_batch_bytes = files_per_batch, max_batch_chunks, max_batch_bytes
+        self.image_side = image_side
         self.show_progress = show_progress
         self.on_file_done = on_file_done
         self._check_or_write_meta()
@@ -187,53 +189,68 @@ class FolderIndexer:
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> IndexReport:
-        """Bring the store in line with the folder and return what was done."""
+        """Bring the store in line with the folder and return what was done.
+
+        One bad file never stops the run: whatever fails while reading, decoding or parsing a file is reported
+        against it in ``failed``, and the store keeps that file's earlier points.
+        """
         started = time.perf_counter()
         report = IndexReport()
-        found = discover(self.root, exclude=(self.store_path,) if self.store_path else ())
-        report.failed.extend(found.failures)
-        report.ignored = found.ignored
-        prepared = self._prepare(found.files, report)
-        states = self.store.file_states()
-        canonical: dict[str, str] = {}
-        todo: list[PreparedFile] = []
-        for item in prepared:
-            rel = item.found.rel
-            first = canonical.setdefault(item.sha256, rel)
-            if first != rel:
-                report.duplicates.append((rel, first))
-                continue
-            state = states.get(rel)
-            if state and state.content_keys == {item.content_key} and state.is_complete(item.content_key):
-                report.unchanged.append(rel)
-            else:
-                todo.append(item)
-        self._index(todo, states, report)
-        keep = {p.found.rel for p in prepared if p.found.rel not in dict(report.duplicates)} | {f.path for f in report.failed}
-        gone = sorted(rel for rel in states if rel not in keep)
+        progress = tqdm(desc="finding files", unit=" entries", disable=not self.show_progress, dynamic_ncols=True)
+        try:
+            found = discover(self.root, exclude=(self.store_path,) if self.store_path else (), on_entry=progress.update)
+            report.failed.extend(found.failures)
+            report.ignored, report.unavailable = found.ignored, found.unavailable
+            _bytes_bar(progress, "checking", sum(f.size for f in found.files))
+            prepared = self._prepare(found.files, report, progress)
+            states = self.store.file_states()
+            canonical: dict[str, str] = {}
+            todo: list[PreparedFile] = []
+            for item in prepared:
+                rel = item.found.rel
+                first = canonical.setdefault(item.sha256, rel)
+                if first != rel:
+                    report.duplicates.append((rel, first))
+                    continue
+                state = states.get(rel)
+                if state and state.content_keys == {item.content_key} and state.is_complete(item.content_key):
+                    report.unchanged.append(rel)
+                else:
+                    todo.append(item)
+            _bytes_bar(progress, "indexing", sum(item.found.size for item in todo))
+            self._index(todo, states, report, progress)
+        finally:
+            progress.close()
+        duplicates = dict(report.duplicates)
+        keep = {p.found.rel for p in prepared if p.found.rel not in duplicates} | {f.path for f in report.failed if f.keeps_points}
+        unavailable = set(found.unavailable)
+        gone = sorted(rel for rel in states if rel not in keep and not _under(rel, unavailable))
         self.store.delete_ids(id_ for rel in gone for id_ in states[rel].ids)
-        report.removed = [rel for rel in gone if rel not in dict(report.duplicates)]
+        report.removed = [rel for rel in gone if rel not in duplicates]
         report.text_points = self.store.count(self.store.text_collection)
         report.image_points = self.store.count(self.store.image_collection)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(self, files: Sequence[FoundFile], report: IndexReport) -> list[PreparedFile]:
-        """Hash every file, parse Markdown/HTML (for the image references), then compute content keys."""
+    def _prepare(self, files: Sequence[FoundFile], report: IndexReport, progress) -> list[PreparedFile]:
+        """Hash every file (streamed), read Markdown/HTML image references, then compute content keys."""
         prepared, references = [], {}
+        cached = 0  # bytes of small parsed Markdown/HTML kept for the second pass
         for found in files:
+            before = progress.n
             try:
-                data = found.path.read_bytes()
-                item = PreparedFile(found, sha256_bytes(data))
-                if found.path.suffix.lower() in (".md", ".markdown", ".html", ".htm"):
-                    item.parsed = parse_document(found, data, self.root, None)
-                    for ref in item.parsed.image_references:
-                        references.setdefault(ref.target, []).append(ref)
-                if found.kind == "image":
-                    item.caption = read_sidecar(found.sidecar)
-            except (FileRejected, OSError) as exc:
-                report.failed.append(FileFailure(found.rel, _reason(exc)))
+                item = prepare_file(found, self.root, on_bytes=progress.update)
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
+                report.failed.append(FileFailure(found.rel, failure_reason(exc)))
+                progress.update(max(0, found.size - (progress.n - before)))
                 continue
+            if item.parsed is not None:
+                cached += found.size
+                if cached > PARSE_CACHE_BYTES:
+                    item.parsed = None  # parsed again when indexed
+            for ref in item.image_references:
+                references.setdefault(ref.target, []).append(ref)
+            item.image_references = []
             prepared.append(item)
         for item in prepared:
             if item.found.kind == "image":
@@ -241,48 +258,31 @@ class FolderIndexer:
             item.content_key = self.factory.key_for(item)
         return prepared
 
-    def _index(self, todo: list[PreparedFile], states: dict, report: IndexReport) -> None:
+    def _index(self, todo: list[PreparedFile], states: dict, report: IndexReport, progress) -> None:
         """Embed and write ``todo`` batch by batch; the next batch is read, parsed and decoded meanwhile."""
-        progress = tqdm(total=len(todo), desc="indexing", unit="file", disable=not self.show_progress or not todo)
-        batches = [todo[i:i + self.files_per_batch] for i in range(0, len(todo), self.files_per_batch)]
+        builder = BatchBuilder(self.factory, *self._image_input(), max_chunks=self.max_batch_chunks,
+                               max_bytes=self.max_batch_bytes, max_files=self.files_per_batch,
+                               on_read=_ReadMeter(progress))
+        batches = builder.batches(todo)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmrag-prefetch") as prefetch:
-            upcoming = prefetch.submit(self._build_batch, batches[0]) if batches else None
-            for number in range(len(batches)):
-                work = upcoming.result()
-                upcoming = prefetch.submit(self._build_batch, batches[number + 1]) if number + 1 < len(batches) else None
+            upcoming = prefetch.submit(next, batches, None)
+            while (work := upcoming.result()) is not None:
+                upcoming = prefetch.submit(next, batches, None)  # at most one batch is built ahead
                 self._commit_batch(work, states, report, progress)
-        progress.close()
 
-    def _build_batch(self, batch: list[PreparedFile]) -> _BatchWork:
-        """Read, check, parse and decode one batch of files into nodes (no model call, no store write)."""
-        work = _BatchWork()
-        images = []
-        for item in batch:
-            try:
-                data = item.found.path.read_bytes()
-                if sha256_bytes(data) != item.sha256:
-                    raise FileRejected("file changed while being indexed; run the indexer again")
-                if item.found.kind == "image":
-                    node, loaded = self.factory.image_node(item, data)
-                    work.image_nodes.append(node)
-                    images.append(loaded.image)
-                    new_nodes = [node]
-                else:
-                    new_nodes = self.factory.text_nodes(item, data)
-                    work.text_nodes.extend(new_nodes)
-            except (FileRejected, ImageRejected, OSError) as exc:
-                work.failed.append(FileFailure(item.found.rel, _reason(exc)))
-                continue
-            work.warnings.extend(f"{item.found.rel}: {w}" for w in item.warnings)
-            work.done.append((item.found.rel, {n.node_id for n in new_nodes}))
-        if images:
-            work.image_inputs = self.image_model.preprocess(images) if isinstance(self.image_model, ClipEmbedding) else images
-        return work
+    def _image_input(self) -> tuple[int | None, Callable | None]:
+        """The decode size and per-image input function of the image model (None, None: it reads no pixels)."""
+        model = self.image_model
+        if isinstance(model, SurrogateTextImageEmbedding):
+            return None, None
+        if isinstance(model, ClipEmbedding):
+            return self.image_side, lambda image: model.preprocess([image])
+        return self.image_side, image_to_png_bytes
 
-    def _commit_batch(self, work: _BatchWork, states: dict, report: IndexReport, progress) -> None:
+    def _commit_batch(self, work: Batch, states: dict, report: IndexReport, progress) -> None:
+        """Embed and write one batch, then, for each file it completes, delete that file's stale points."""
         report.failed.extend(work.failed)
         report.warnings.extend(work.warnings)
-        progress.update(len(work.failed))
         self._embed_text(work.text_nodes)
         self._embed_images(work.image_nodes, work.image_inputs)
         for nodes, collection in ((work.text_nodes, self.store.text_collection), (work.image_nodes, self.store.image_collection)):
@@ -293,25 +293,28 @@ class FolderIndexer:
             if old:
                 self.store.delete_ids(old.ids - new_ids)
             report.indexed.append(rel)
-            progress.update(1)
             if self.on_file_done:
                 self.on_file_done(rel)
+        progress.update(work.progress_bytes)
+        progress.set_postfix_str(f"{len(report.indexed)} files done", refresh=False)
 
     def _embed_text(self, nodes: list[BaseNode]) -> None:
         texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
         for node, embedding in zip(nodes, self.text_model.get_text_embedding_batch(texts) if texts else []):
             node.embedding = embedding
 
-    def _embed_images(self, nodes: list[BaseNode], inputs) -> None:
+    def _embed_images(self, nodes: list[BaseNode], inputs: list) -> None:
         if not nodes:
             return
         model = self.image_model
         if isinstance(model, SurrogateTextImageEmbedding):
             embeddings = model.get_text_embedding_batch([n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes])
         elif isinstance(model, ClipEmbedding):
-            embeddings = model.embed_pixel_values(inputs)
+            import torch
+
+            embeddings = model.embed_pixel_values(torch.cat(inputs))
         else:
-            embeddings = model.get_image_embedding_batch([image_to_png_bytes(im) for im in inputs])
+            embeddings = model.get_image_embedding_batch(inputs)
         for node, embedding in zip(nodes, embeddings):
             node.embedding = embedding
 
@@ -321,14 +324,34 @@ class FolderIndexer:
         return _as_index(self.store, self.text_model, self.image_model)
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file disappeared while being indexed; it will be removed from the index on the next run"
-    if isinstance(exc, PermissionError):
-        return "permission denied; make the file readable by this user"
-    if isinstance(exc, OSError):
-        return f"cannot be read ({exc.strerror or exc})"
-    return str(exc)
+#: Bytes of small Markdown/HTML files whose first-pass parse is kept for the second pass (the rest is re-parsed).
+PARSE_CACHE_BYTES = 32 << 20
+
+
+def _under(rel: str, prefixes: set[str]) -> bool:
+    """Whether ``rel`` is one of ``prefixes`` or lies under one ("" stands for the whole folder)."""
+    if not prefixes:
+        return False
+    parts = rel.split("/")
+    return any("/".join(parts[:i]) in prefixes for i in range(len(parts) + 1))
+
+
+def _bytes_bar(progress, description: str, total: int) -> None:
+    """Turn the run's one progress bar into a byte counter for the next phase."""
+    progress.unit, progress.unit_scale, progress.unit_divisor = "B", True, 1024
+    progress.set_description(description, refresh=False)
+    progress.reset(total=total)
+
+
+class _ReadMeter:
+    """Shows the bytes read of a large file while it is chunked (the bar itself moves as chunks are written)."""
+
+    def __init__(self, progress) -> None:
+        self.progress, self.read = progress, 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.read += nbytes
+        self.progress.set_postfix_str(f"read {self.read / 2**20:.0f} MiB", refresh=True)
 
 
 def _as_index(store: IndexStore, text_model: BaseEmbedding, image_model: MultiModalEmbedding) -> MultiModalVectorStoreIndex:

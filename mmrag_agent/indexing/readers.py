@@ -6,19 +6,15 @@ what is wrong with the file and how to fix it. Nothing here embeds or stores any
 
 from __future__ import annotations
 
-import html
-import re
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
+from .html_text import HTMLText, unescape
+from .limits import MAX_DESCRIBING_CHARS, MAX_IMAGE_REFERENCES, MAX_TITLE_CHARS, FileRejected
+
 TEXT_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf"})
-
-
-class FileRejected(ValueError):
-    """A file that cannot be indexed; the message names the reason and the fix."""
 
 
 @dataclass
@@ -60,13 +56,27 @@ def decode_text(data: bytes) -> tuple[str, str]:
     if data.startswith(b"\xef\xbb\xbf"):
         return data[3:].decode("utf-8", errors="replace"), "utf-8-sig"
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16"), "utf-16"
+        return data.decode("utf-16", errors="replace"), "utf-16"
     if _looks_binary(data):
         raise FileRejected("binary content in a text file (NUL or control bytes); rename it to its real type or remove it")
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
+    match = _best_match(data)
+    return str(match), match.encoding
+
+
+def detect_encoding(sample: bytes) -> str:
+    """The most likely encoding of a sample of non-UTF-8 text (cp1252 among equally likely code pages).
+
+    Raises:
+        FileRejected: No encoding fits.
+    """
+    return _best_match(sample).encoding
+
+
+def _best_match(data: bytes):
     from charset_normalizer import from_bytes
 
     matches = from_bytes(data)
@@ -78,8 +88,13 @@ def decode_text(data: bytes) -> tuple[str, str]:
     for preferred in ("cp1252", "latin_1", "iso8859_15"):
         for match in tied:
             if match.encoding == preferred:
-                return str(match), match.encoding
-    return str(best), best.encoding
+                return match
+    return best
+
+
+def looks_binary(data: bytes) -> bool:
+    """NUL bytes, or more than 5% control bytes, in the first 8 KiB."""
+    return _looks_binary(data)
 
 
 def _looks_binary(data: bytes) -> bool:
@@ -102,95 +117,107 @@ def read_plain_text(path: Path, data: bytes, root: Path) -> ParsedDocument:
 
 
 # ------------------------------------------------------------------------------------------ markdown
-_MD_IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\(\s*<?(?P<src>[^)\s>]+)>?(?:\s+[\"'](?P<title>[^\"']*)[\"'])?\s*\)")
-_MD_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def markdown_heading(line: str) -> str | None:
+    """The text of an ATX heading line (``# Title``, ``## Title ##``), else None. Linear in the line length."""
+    hashes = len(line) - len(line.lstrip("#"))
+    if not 1 <= hashes <= 6 or len(line) == hashes or not line[hashes].isspace():
+        return None
+    text = line[hashes:].strip()
+    closing = text.rstrip("#")
+    if not closing or closing[-1].isspace():  # a closing run of #s (CommonMark: preceded by a space)
+        text = closing.strip()
+    return clean_title(text)
+
+
+def clean_title(text: str | None) -> str | None:
+    """Whitespace collapsed, cut to :data:`MAX_TITLE_CHARS` at a word boundary; None when empty."""
+    words = (text or "").split()
+    title = " ".join(words)
+    if len(title) > MAX_TITLE_CHARS:
+        title = title[:MAX_TITLE_CHARS].rsplit(" ", 1)[0] if " " in title[:MAX_TITLE_CHARS] else title[:MAX_TITLE_CHARS]
+    return title or None
+
+
+def markdown_images(text: str):
+    """Yield ``(alt, src, title)`` for each ``![alt](src "title")`` in ``text``, in one left-to-right pass.
+
+    Hand-written instead of a regular expression so that the time is linear in ``len(text)`` whatever the
+    input: every search starts after the end of the previous one.
+    """
+    pos = 0
+    while True:
+        start = text.find("![", pos)
+        if start < 0:
+            return
+        close = text.find("]", start + 2)
+        if close < 0:
+            return
+        pos = close + 1
+        if not text.startswith("(", close + 1):
+            continue
+        end = text.find(")", close + 2)
+        if end < 0:
+            return
+        pos = end + 1
+        parsed = _link_destination(text[close + 2:end])
+        if parsed is not None:
+            yield text[start + 2:close], parsed[0], parsed[1]
+
+
+def _link_destination(inner: str) -> tuple[str, str] | None:
+    inner = inner.strip()
+    if inner.startswith("<"):
+        stop = inner.find(">")
+        if stop < 0:
+            return None
+        src, rest = inner[1:stop], inner[stop + 1:]
+    else:
+        parts = inner.split(None, 1)
+        if not parts:
+            return None
+        src, rest = parts[0], parts[1] if len(parts) > 1 else ""
+    rest = rest.strip()
+    if not src or any(c.isspace() or c in "<>" for c in src):
+        return None
+    if not rest:
+        return src, ""
+    if len(rest) >= 2 and rest[0] in "\"'" and rest[-1] == rest[0] and not any(q in rest[1:-1] for q in "\"'"):
+        return src, rest[1:-1]
+    return None
 
 
 def read_markdown(path: Path, data: bytes, root: Path) -> ParsedDocument:
     text, encoding = decode_text(data)
     _check_text(text)
     references = []
-    for match in _MD_IMAGE.finditer(text):
-        target = resolve_reference(path, match["src"], root)
+    for alt, src, title in markdown_images(text):
+        if len(references) >= MAX_IMAGE_REFERENCES:
+            break
+        target = resolve_reference(path, src, root)
         if target:
-            references.append(ImageReference(target, alt=match["alt"].strip(), title=(match["title"] or "").strip()))
-    heading = _MD_HEADING.search(text)
+            references.append(ImageReference(target, alt=alt.strip()[:MAX_DESCRIBING_CHARS], title=title.strip()[:MAX_DESCRIBING_CHARS]))
+    heading = next((h for h in map(markdown_heading, text.splitlines()) if h), None)
     return ParsedDocument(
         sections=[(text, {})],
-        title=heading.group(1) if heading else None,
+        title=heading,
         encoding=encoding,
         image_references=references,
     )
 
 
 # ---------------------------------------------------------------------------------------------- html
-class _HTMLText(HTMLParser):
-    _SKIP = {"script", "style", "noscript", "template", "svg"}
-    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
-              "figure", "figcaption", "table", "ul", "ol", "pre", "blockquote", "header", "footer"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title = ""
-        self.images: list[dict] = []
-        self._skip_depth = 0
-        self._in_title = False
-        self._figure_images: list[list[dict]] = []
-        self._caption: list[str] | None = None
-
-    def handle_starttag(self, tag, attrs):
-        attributes = dict(attrs)
-        if tag in self._SKIP:
-            self._skip_depth += 1
-        elif tag == "title":
-            self._in_title = True
-        elif tag == "img" and attributes.get("src"):
-            image = {"src": attributes["src"], "alt": attributes.get("alt") or "", "title": attributes.get("title") or "", "caption": ""}
-            self.images.append(image)
-            if self._figure_images:
-                self._figure_images[-1].append(image)
-        elif tag == "figure":
-            self._figure_images.append([])
-        elif tag == "figcaption":
-            self._caption = []
-        if tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag):
-        if tag in self._SKIP and self._skip_depth:
-            self._skip_depth -= 1
-        elif tag == "title":
-            self._in_title = False
-        elif tag == "figcaption" and self._caption is not None:
-            caption = " ".join("".join(self._caption).split())
-            for image in self._figure_images[-1] if self._figure_images else []:
-                image["caption"] = caption
-            self._caption = None
-        elif tag == "figure" and self._figure_images:
-            self._figure_images.pop()
-        if tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data):
-        if self._skip_depth:
-            return
-        if self._in_title:
-            self.title += data
-            return
-        if self._caption is not None:
-            self._caption.append(data)
-        self.parts.append(data)
 
 
 def read_html(path: Path, data: bytes, root: Path) -> ParsedDocument:
     raw, encoding = decode_text(data)
-    parser = _HTMLText()
+    parser = HTMLText()
     parser.feed(raw)
     parser.close()
-    lines = (" ".join(line.split()) for line in html.unescape("".join(parser.parts)).splitlines())
+    lines = (" ".join(line.split()) for line in unescape("".join(parser.parts)).splitlines())
     text = "\n".join(line for line in lines if line)
-    title = " ".join(parser.title.split()) or None
+    title = clean_title(parser.title)
     if not text.strip() and title:
         text = title
     if not text.strip():
@@ -224,65 +251,17 @@ def _normalise(path: Path) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
-# ----------------------------------------------------------------------------------------------- pdf
-def read_pdf(path: Path, data: bytes, root: Path, ocr: Callable | None = None) -> ParsedDocument:
-    """Extract text per page with pypdf; OCR the page images of scanned pages when ``ocr`` is given."""
-    import io
-    import logging
-
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
-
-    if not data:
-        raise FileRejected("empty file (0 bytes); remove it or replace it with the real PDF")
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
-    try:
-        reader = PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            try:
-                reader.decrypt("")
-            except Exception:  # noqa: BLE001 - pypdf raises several types here
-                raise FileRejected("encrypted PDF; save an unencrypted copy to index it") from None
-        pages = list(reader.pages)
-    except FileRejected:
-        raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError, AssertionError) as exc:
-        raise FileRejected(f"unreadable PDF ({exc}); re-export it or remove the file") from None
-    sections, warnings = [], []
-    for number, page in enumerate(pages, start=1):
-        try:
-            text = page.extract_text() or ""
-        except Exception as exc:  # noqa: BLE001 - pypdf may raise anything on a broken page
-            warnings.append(f"page {number}: text extraction failed ({exc})")
-            text = ""
-        if not text.strip() and ocr is not None:
-            text = _ocr_page_images(page, ocr)
-            if text:
-                warnings.append(f"page {number}: no text layer, text recovered by OCR")
-        if text.strip():
-            sections.append((text, {"page": number}))
-    if not sections:
-        hint = "no text was found by OCR either" if ocr else "install the OCR extra (pip install 'mmrag-agent[ocr]') to OCR scanned pages"
-        raise FileRejected(f"PDF has no text layer ({len(pages)} page(s), scanned or image-only?); {hint}")
-    title = (reader.metadata or {}).get("/Title") if reader.metadata else None
-    return ParsedDocument(sections=sections, title=str(title) if title else None, warnings=warnings)
+def short_error(exc: BaseException, limit: int = 200) -> str:
+    """``exc`` as one short line (for failure reasons): its message, or its type when the message is empty."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _ocr_page_images(page, ocr: Callable) -> str:
-    texts = []
-    for image_file in getattr(page, "images", []):
-        try:
-            texts.append(ocr(image_file.image))
-        except Exception:  # noqa: BLE001 - a broken embedded image only loses its own text
-            continue
-    return "\n".join(t for t in texts if t)
-
-
+#: Readers of the text formats read whole (PDFs: :func:`mmrag_agent.indexing.pdf.read_pdf`).
 READERS: dict[str, Callable[..., ParsedDocument]] = {
     ".txt": read_plain_text,
     ".md": read_markdown,
     ".markdown": read_markdown,
     ".html": read_html,
     ".htm": read_html,
-    ".pdf": read_pdf,
 }

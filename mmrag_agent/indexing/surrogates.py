@@ -40,11 +40,23 @@ def file_name_words(path: str | Path) -> str:
     return " ".join(re.split(r"[\s_\-.]+", words)).strip()
 
 
+#: Bytes of a sidecar caption file that are read (a caption is a sentence or two, and is embedded whole).
+MAX_SIDECAR_BYTES = 64 << 10
+
+
 def read_sidecar(path: Path | None) -> str:
-    """The caption in a sidecar file ('' when there is none). Raises FileRejected for unreadable ones."""
+    """The caption in a sidecar file ('' when there is none or it is empty). Raises FileRejected for binary ones."""
     if path is None:
         return ""
-    return " ".join(decode_text(path.read_bytes())[0].split())
+    with open(path, "rb") as fh:
+        return read_sidecar_bytes(fh.read(MAX_SIDECAR_BYTES))
+
+
+def read_sidecar_bytes(data: bytes) -> str:
+    """The caption held in a sidecar file's bytes, whitespace collapsed ('' for an empty file)."""
+    if not data.strip():
+        return ""
+    return " ".join(decode_text(data[:MAX_SIDECAR_BYTES])[0].split())
 
 
 def reference_text(references: Iterable[ImageReference]) -> str:
@@ -83,6 +95,6 @@ def standalone_surrogate(path: Path, ocr: Callable | None = None) -> str:
             except FileRejected:
                 caption = ""
             break
-    loaded = load_image(path)
+    loaded = load_image(path, max_side=getattr(ocr, "max_side", None) if ocr else 256)
     ocr_text = ocr(loaded.image) if ocr else ""
     return build_surrogate(path.name, caption, "", loaded.exif_description, ocr_text).text
