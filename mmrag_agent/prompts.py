@@ -79,9 +79,7 @@ def candidate_view(candidate: Any, data_file: str | Path | None = None, with_ima
     if with_image and candidate.image_path:
         if data_file is None:
             raise ValueError(f"candidate {candidate.id!r}: pass data_file= (the JSONL it was read from) to resolve its image_path")
-        from .schema import resolve_image_path
-
-        image = str(resolve_image_path(candidate.image_path, data_file, allow_outside, field=f"image_path of candidate {candidate.id!r}"))
+        image = str(candidate.image_file(data_file, allow_outside, must_exist=True))  # errors name the line and qid
     return CandidateView(text=candidate.text or "", title=candidate.title, image=image, modality=candidate.modality,
                          key=candidate.id)
 

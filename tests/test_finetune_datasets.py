@@ -124,7 +124,7 @@ def test_stage1_with_images_adds_the_image_path_and_an_image_part(tmp_path):
     assert len(ds) == len(records) and "image" in ds.column_names
     assert [row["image"] for row in ds] == [r.get("image") for r in records]
     (tmp_path / "img" / "a.png").unlink()
-    with pytest.raises(DatasetError, match="image_path of candidate 'a'.*does not exist"):
+    with pytest.raises(DatasetError, match=r"data.jsonl:1: qid 'qi': field 'candidates\[0\].image_path': image file .*does not exist"):
         stage1_records(read_rerank_examples(data), with_images=True, data_file=data)
 
 

@@ -18,7 +18,7 @@ from test_indexing import points
 
 from mmrag_agent.indexing import FolderIndexer
 from mmrag_agent.indexing.batches import BatchBuilder
-from mmrag_agent.indexing.nodes import ChunkSpool, NodeFactory, PreparedFile, prepare_file
+from mmrag_agent.indexing.nodes import ChunkSpool, NodeFactory, prepare_file
 from mmrag_agent.indexing.discovery import discover
 from mmrag_agent.media import ImageRejected, load_image
 

@@ -237,7 +237,6 @@ class NodeFactory:
         Raises:
             FileRejected: Unreadable or changed content, or no text.
         """
-        found = prepared.found
         spool = ChunkSpool()
         try:
             if prepared.streamed is not None:
