@@ -87,3 +87,22 @@ def test_threads_follow_the_load_and_the_option(monkeypatch):
             configure_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_eval_images_outside_the_data_folder_need_the_flag(tiny_qwen2_vl_dir, tmp_path):
+    import json
+
+    from files import write_image
+
+    write_image(tmp_path / "outside.png", size=(32, 32))
+    (tmp_path / "data").mkdir()
+    row = {"qid": "q1", "query": "Which one?", "positives": ["a"],
+           "candidates": [{"id": "a", "modality": "image", "text": "a square", "image_path": "../outside.png"},
+                          {"id": "b", "modality": "text", "text": "a passage"}]}
+    data = tmp_path / "data" / "x.jsonl"
+    data.write_text(json.dumps(row))
+    args = ["eval", "rerank", "--data", str(data), "--reranker", "stage1", "--model", str(tiny_qwen2_vl_dir)]
+    refused = runner.invoke(app, args)
+    _one_line_error(refused, "x.jsonl:1", "qid 'q1'", "leads outside the data file's folder")
+    allowed = runner.invoke(app, args + ["--allow-outside-images"])
+    assert allowed.exit_code == 0, allowed.output

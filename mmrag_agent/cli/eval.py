@@ -36,6 +36,7 @@ def rerank(
     per_query: bool = typer.Option(False, "--per-query", help="Also write every query's ranking and metrics to --out."),
     query_batch: Optional[int] = typer.Option(None, "--query-batch", min=1, help="stage2 / pipeline: queries generated as one batch (default 8; 1 = one at a time)."),
     first_stage: Optional[str] = typer.Option(None, "--first-stage", help="stage1 / pipeline: fuse P(relevant) with this retriever's scores on the same candidates: none | bm25 | embedding (default: the model card's, else none)."),
+    allow_outside_images: bool = typer.Option(False, "--allow-outside-images", help="Let image_path point outside the data file's folder (e.g. the images of a converted dataset)."),
     fusion_weight: Optional[float] = typer.Option(None, "--fusion-weight", min=0.0, max=1.0, help="stage1 / pipeline: weight of P(relevant) in the fused score (default: the model card's fitted weight, else the zero-shot default)."),
 ) -> None:
     """Rank each query's candidates with a reranker and report P@1, MRR, NDCG@k and Recall@k (per-query means)."""
@@ -70,6 +71,13 @@ def rerank(
             kwargs[name.lstrip("-").replace("-", "_")] = value
     if reranker in ("stage1", "stage2", "pipeline"):
         kwargs["data_file"] = data  # image paths in the file resolve against its folder
+        kwargs["allow_outside"] = allow_outside_images
+        try:  # every image is where it should be, before a model loads
+            for example in examples:
+                for candidate in example.candidates:
+                    candidate.image_file(data, allow_outside_images, must_exist=True)
+        except DatasetError as exc:
+            fail(str(exc).replace("allow images outside it (allow_outside=True)", "pass --allow-outside-images"))
     if reranker not in _MODEL_FREE:
         quiet_libraries()
     try:

@@ -32,16 +32,17 @@ class Stage1Reranker(Reranker):
         first_stage: ``"none"`` (stage 1 alone), ``"bm25"``, ``"embedding"`` (all-MiniLM-L6-v2), or a
             :class:`~mmrag_agent.eval.baselines.Reranker` whose scores are fused; None: the card's retriever, else none.
         fusion_weight: Weight of P(relevant) in the fused score (None: the card's, else the zero-shot default).
+        allow_outside: Let ``image_path`` point outside the data file's folder (e.g. a converted dataset's images).
     """
 
     def __init__(self, model: str | LoadedModel | None = None, data_file: str | Path | None = None, device: str = "cpu",
                  dtype: str = "auto", batch_size: int = 16, max_pixels: int = 448 * 448, use_images: bool = True,
                  max_text_tokens: int | None = None, card: ModelCard | None = None, first_stage: str | Reranker | None = None,
-                 fusion_weight: float | None = None) -> None:
+                 fusion_weight: float | None = None, allow_outside: bool = False) -> None:
         loaded = model if isinstance(model, LoadedModel) else load_model(model or "smollm2", device=device, dtype=dtype, max_pixels=max_pixels)
         self.name = "stage1"
         self.model = loaded.name
-        self.data_file = data_file
+        self.data_file, self.allow_outside = data_file, allow_outside
         self.scorer = YesNoScorer(loaded, batch_size=batch_size, max_text_tokens=max_text_tokens, use_images=use_images, card=card)
         fitted = self.scorer.card.fusion or {}
         first_stage = first_stage if first_stage is not None else fitted.get("first_stage", "none")
@@ -62,7 +63,7 @@ class Stage1Reranker(Reranker):
 
     def views(self, candidates: Sequence[Any]) -> list[CandidateView]:
         """The candidates as the model sees them (images resolved against the data file, for VLMs only)."""
-        return [candidate_view(c, self.data_file, with_image=self.scorer.use_images) for c in candidates]
+        return [candidate_view(c, self.data_file, with_image=self.scorer.use_images, allow_outside=self.allow_outside) for c in candidates]
 
 
 register_reranker("stage1", lambda model=None, **kw: Stage1Reranker(model, **kw), replace=True)

@@ -41,20 +41,21 @@ class Stage2Reranker(Reranker):
         query_batch: Queries whose stage-2 generations run as one batch (:meth:`judge_many`).
         first_stage: Pipeline: the retriever stage 1 is fused with (``none``, ``bm25``, ``embedding``; None: the card's).
         fusion_weight: Pipeline: the weight of P(relevant) (None: the card's, else the zero-shot default).
+        allow_outside: Let ``image_path`` point outside the data file's folder (e.g. a converted dataset's images).
     """
 
     def __init__(self, model: str | LoadedModel | None = None, pipeline: bool = False, keep: int | None = None,
                  data_file: str | Path | None = None, device: str = "cpu", dtype: str = "auto", max_new_tokens: int | None = None,
                  batch_size: int = 16, query_batch: int = 8, first_stage: str | None = None,
-                 fusion_weight: float | None = None) -> None:
+                 fusion_weight: float | None = None, allow_outside: bool = False) -> None:
         if query_batch < 1:
             raise ValueError(f"query_batch must be >= 1, got {query_batch}")
         loaded = model if isinstance(model, LoadedModel) else load_model(model or "smollm2", device=device, dtype=dtype)
         self.name = "pipeline" if pipeline else "stage2"
         self.model = loaded.name
-        self.data_file = data_file
+        self.data_file, self.allow_outside = data_file, allow_outside
         self.stage1 = Stage1Reranker(loaded, data_file=data_file, device=device, batch_size=batch_size, first_stage=first_stage,
-                                     fusion_weight=fusion_weight) if pipeline else None
+                                     fusion_weight=fusion_weight, allow_outside=allow_outside) if pipeline else None
         self.stage2 = Stage2Model(loaded, max_new_tokens=max_new_tokens)
         self.keep = keep or self.stage2.card.candidates_per_prompt or 5
         self.query_batch = query_batch
@@ -72,7 +73,8 @@ class Stage2Reranker(Reranker):
         ordered = [self._stage1_order(example) for example in examples]
         shown = [candidates[: self.keep] for candidates in ordered]
         with_images = self.stage2.loaded.is_vision
-        outputs = self.stage2.run_many([(ex.query, [candidate_view(c, self.data_file, with_image=with_images) for c in s])
+        outputs = self.stage2.run_many([(ex.query, [candidate_view(c, self.data_file, with_image=with_images, allow_outside=self.allow_outside)
+                                                    for c in s])
                                         for ex, s in zip(examples, shown)], self.query_batch)
         judgements = []
         for candidates, visible, output in zip(ordered, shown, outputs):
