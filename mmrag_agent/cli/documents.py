@@ -26,12 +26,15 @@ def index(
 ) -> None:
     """Index FOLDER incrementally: unchanged files are skipped, changed ones replaced, deleted ones removed."""
     quiet_libraries()
-    from ..indexing import FolderIndexer
+    from ..indexing import FolderIndexer, StoreError
 
-    indexer = FolderIndexer(folder, store=store, qdrant_url=qdrant_url, collection=collection, text_model=text_model,
-                            image_model=image_model, device=device, ocr=ocr, max_image_pixels=max_image_pixels, chunk_size=chunk_size,
-                            rebuild=rebuild)
-    report = indexer.run()
+    try:
+        indexer = FolderIndexer(folder, store=store, qdrant_url=qdrant_url, collection=collection, text_model=text_model,
+                                image_model=image_model, device=device, ocr=ocr, max_image_pixels=max_image_pixels,
+                                chunk_size=chunk_size, rebuild=rebuild)
+        report = indexer.run()
+    except StoreError as exc:
+        fail(str(exc))
     print_report(report, where=qdrant_url or str(indexer.store_path))
 
 
@@ -65,13 +68,18 @@ def search(
 ) -> None:
     """Print the top text and image hits for QUERY with their scores."""
     quiet_libraries()
-    print_hits(query, open_index(store, qdrant_url, collection, device), k)
+    from ..indexing import StoreError
+
+    index_ = open_index(store, qdrant_url, collection, device)
+    try:
+        print_hits(query, index_, k)
+    except StoreError as exc:
+        fail(str(exc))
 
 
 def open_index(store: Optional[Path], qdrant_url: Optional[str], collection: str, device: str):
-    """The index in ``store``, the Qdrant server at ``qdrant_url``, or by default ``./.mmrag``."""
-    from ..indexing import load_index
-    from ..indexing.store import StoreError
+    """The index in ``store``, the Qdrant server at ``qdrant_url``, or by default ``./.mmrag`` (one-line error, exit 2)."""
+    from ..indexing import StoreError, load_index
 
     try:
         return load_index(store=store or (None if qdrant_url else Path(".mmrag")), qdrant_url=qdrant_url, collection=collection, device=device)
