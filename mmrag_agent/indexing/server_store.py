@@ -8,6 +8,7 @@ server that does not answer fails at open (one request, ``timeout`` seconds), no
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from typing import Any, Callable, Iterable, Iterator
@@ -189,6 +190,15 @@ class ServerIndexStore(IndexStore):
                 self._call(self.client.delete, collection, points_selector=models.PointIdsList(points=ids), wait=True)
 
 
+def _encoded_filters(filters):
+    """``MetadataFilters`` with their values encoded as the payloads are (see ``encode_payload``)."""
+    from llama_index.core.vector_stores.types import MetadataFilters
+
+    items = [_encoded_filters(f) if isinstance(f, MetadataFilters) else f.model_copy(update={"value": encode_payload(f.value)})
+             for f in filters.filters]
+    return filters.model_copy(update={"filters": items})
+
+
 def _server_vector_store(store: ServerIndexStore, collection: str):
     """LlamaIndex's ``QdrantVectorStore`` over ``collection``, with payload strings kept storable and errors as one line."""
     vector_store = _index_collection_class()(collection_name=collection, client=store.client, batch_size=256)
@@ -216,6 +226,9 @@ def _index_collection_class() -> type:
                 point.payload = encode_payload(point.payload)
             return points, ids
 
+        def _build_subfilter(self, filters):
+            return super()._build_subfilter(_encoded_filters(filters))
+
         def parse_to_query_result(self, response):
             for point in response:
                 point.payload = decode_payload(dict(point.payload or {}))
@@ -228,6 +241,22 @@ def _index_collection_class() -> type:
 
         return call
 
+    def threaded(sync_name: str, async_method: Callable) -> Callable:
+        @functools.wraps(async_method)
+        async def call(self, *args: Any, **kwargs: Any) -> Any:
+            if self._aclient is None:  # no async client was given: run the sync call off the event loop
+                return await asyncio.to_thread(getattr(self, sync_name), *args, **kwargs)
+            try:
+                return await async_method(self, *args, **kwargs)
+            except self._index_store._errors as exc:
+                failure = exc
+            raise describe_server_error(self._index_store.url, failure) from None
+
+        return call
+
     for name in ("add", "delete", "delete_nodes", "get_nodes", "query", "clear"):
         setattr(ServerVectorStore, name, translated(getattr(QdrantVectorStore, name)))
+    for sync_name, async_name in (("add", "async_add"), ("delete", "adelete"), ("delete_nodes", "adelete_nodes"),
+                                  ("get_nodes", "aget_nodes"), ("query", "aquery"), ("clear", "aclear")):
+        setattr(ServerVectorStore, async_name, threaded(sync_name, getattr(QdrantVectorStore, async_name)))
     return ServerVectorStore

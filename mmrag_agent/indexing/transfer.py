@@ -46,8 +46,8 @@ class TransferReport:
         return sum(self.points.values())
 
 
-def _open(path: Path, mode: str) -> IO[bytes]:
-    return gzip.open(path, mode + "b") if path.name.endswith(".gz") else open(path, mode + "b")
+def _open(path: Path, mode: str, compressed: bool) -> IO[bytes]:
+    return gzip.open(path, mode + "b") if compressed else open(path, mode + "b")
 
 
 def _vector_text(vector: list[float]) -> str:
@@ -80,7 +80,7 @@ def export_index(store: IndexStore, path: str | Path, show_progress: bool = True
     report = TransferReport({short: 0 for short in _SHORT})
     progress = tqdm(total=sum(counts.values()), desc="exporting", unit="point", disable=not show_progress)
     try:
-        with _open(partial, "w") as out:
+        with _open(partial, "w", path.name.endswith(".gz")) as out:
             out.write(json.dumps(header).encode() + b"\n")
             for short, attr in _SHORT.items():
                 for point in store.iter_points(getattr(store, attr), with_vectors=True, batch_size=512):
@@ -127,7 +127,7 @@ def import_index(path: str | Path, store: IndexStore, root: str | Path, show_pro
         raise StoreError(f"{store.location} already holds an index with collection prefix {store.prefix!r}; pass --rebuild to "
                          "replace it, or import into another --store / --collection")
     try:
-        handle = _open(path, "r")
+        handle = _open(path, "r", _is_gzip(path))
     except OSError as exc:
         raise StoreError(f"cannot read {path} ({exc.strerror or exc})") from None
     report = TransferReport({short: 0 for short in _SHORT})
@@ -177,6 +177,11 @@ def import_index(path: str | Path, store: IndexStore, root: str | Path, show_pro
             store.drop()
         raise StoreError(f"cannot read {path} ({getattr(exc, 'strerror', None) or exc}); the partial import was removed") from None
     return report
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
 
 
 def _numbered_lines(handle: IO[bytes], path: Path) -> Iterator[tuple[int, object]]:
