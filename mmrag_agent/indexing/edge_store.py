@@ -37,6 +37,7 @@ META_SUFFIX = ".index.json"
 LEGACY_DIRNAME = "qdrant"  # qdrant-client local mode, written by mmrag-agent before the Edge store
 #: Free space kept in reserve on the store's device beyond a write's own estimate (the engine's WAL and files grow by steps).
 SPACE_HEADROOM = 64 * 2**20
+READ_HEADROOM = 8 * 2**20
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -93,6 +94,9 @@ class EdgeIndexStore(IndexStore):
         if not writable:
             store.shard_root = _temporary_copy(folder, store.collections)
             logger.warning("the index store %s is read-only; searching a temporary copy in %s", folder, store.shard_root)
+        else:  # opening maps the shards' files, which can fill their holes on some file systems (tmpfs)
+            holes = sum(_sparse_bytes(folder / c / "segments") for c in store.collections)
+            store._check_space(holes, headroom=SPACE_HEADROOM if create else READ_HEADROOM)
         store._probe(meta)
         return store
 
@@ -122,6 +126,10 @@ class EdgeIndexStore(IndexStore):
     @property
     def location(self) -> str:
         return str(self.folder)
+
+    @property
+    def meta_location(self) -> str:
+        return str(self.meta_path)
 
     @property
     def meta_path(self) -> Path:
@@ -174,7 +182,7 @@ class EdgeIndexStore(IndexStore):
             if isinstance(recorded, str) and not _same_path(recorded, self.folder):
                 raise StoreError(
                     f"the index store {self.folder} was written at {recorded} and has been moved or copied here (e.g. inside an archive "
-                    f"or a clone), so its contents are not trusted; {self.rebuild_hint(meta)}, or, if you moved it yourself, "
+                    f"or a clone), so its contents are not trusted; {self.rebuild_hint()}, or, if you moved it yourself, "
                     f"`mmrag export FILE --store {self.folder}` then `mmrag import FILE FOLDER`")
         return meta
 
@@ -282,7 +290,7 @@ class EdgeIndexStore(IndexStore):
             if shard is None:
                 continue
             edge_call(self._describe, shard.flush)
-            self._check_space(_disk_usage(self._shard_path(collection) / "segments"))
+            self._check_space(int(1.5 * _disk_usage(self._shard_path(collection) / "segments")))  # optimizing rewrites segments
             edge_call(self._describe, shard.optimize)
         if self._meta_cache is not None:
             self.write_meta({k: v for k, v in self._meta_cache.items() if k not in ("store_format", "store_path", "points")})
@@ -296,11 +304,11 @@ class EdgeIndexStore(IndexStore):
     # --------------------------------------------------------------------------------------- space
     def _before_point_write(self, write_bytes: int) -> None:
         self._written = True
-        self._check_space(write_bytes)
+        self._check_space(3 * write_bytes)  # the write-ahead log, the segment, the payload indexes
 
-    def _check_space(self, write_bytes: int) -> None:
+    def _check_space(self, write_bytes: int, headroom: int = SPACE_HEADROOM) -> None:
         """Refuse a write that could fill the device (the engine would die of SIGBUS on a full disk)."""
-        needed = 3 * write_bytes + SPACE_HEADROOM
+        needed = write_bytes + headroom
         try:
             free = shutil.disk_usage(self.folder).free
         except OSError:
@@ -366,6 +374,21 @@ def _disk_usage(path: Path) -> int:
                 total += os.stat(os.path.join(root, name)).st_blocks * 512
             except OSError:
                 pass
+    return total
+
+
+def _sparse_bytes(path: Path) -> int:
+    """Bytes of holes in the segments' vector and payload-index files under ``path`` (what opening maps and may allocate)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        if "vector_storage" not in root and "payload_index" not in root:
+            continue
+        for name in files:
+            try:
+                info = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += max(0, info.st_size - info.st_blocks * 512)
     return total
 
 

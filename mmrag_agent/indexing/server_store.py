@@ -105,6 +105,10 @@ class ServerIndexStore(IndexStore):
 
         return isinstance(getattr(self.client, "_client", None), QdrantLocal)
 
+    @property
+    def meta_location(self) -> str:
+        return f"in {self.meta_collection} on {self.url}"
+
     def rebuild_hint(self, meta: dict | None = None) -> str:
         root = (meta or {}).get("root") if isinstance(meta, dict) else None
         folder = root if isinstance(root, str) and root else "FOLDER"

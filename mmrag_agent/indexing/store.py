@@ -146,6 +146,11 @@ class IndexStore(ABC):
     def location(self) -> str:
         """Where the index lives, for messages (a folder or ``URL collections P_*``)."""
 
+    @property
+    def meta_location(self) -> str:
+        """Where the metadata lives, for messages."""
+        return f"of {self.location}"
+
     # -- metadata
     @abstractmethod
     def _read_raw_meta(self) -> dict | None:
@@ -162,7 +167,7 @@ class IndexStore(ABC):
             return None
         problem = _meta_problem(meta)
         if problem:
-            raise StoreError(f"the index metadata in {self.location} is damaged ({problem}); {self.rebuild_hint(meta)}")
+            raise StoreError(f"the index metadata {self.meta_location} is damaged ({problem}); {self.rebuild_hint(meta)}")
         if meta["format_version"] > INDEX_FORMAT_VERSION:
             raise StoreError(f"the index in {self.location} was written by a newer mmrag-agent (format {meta['format_version']}); "
                              "upgrade mmrag-agent, or rebuild it with this version (--rebuild)")

@@ -143,25 +143,27 @@ def import_index(path: str | Path, store: IndexStore, root: str | Path, show_pro
             store.write_meta(meta)
             expected = sum(header["collections"][short]["points"] for short in _SHORT)
             progress = tqdm(total=expected, desc="importing", unit="point", disable=not show_progress)
-            batches: dict[str, list[RawPoint]] = {short: [] for short in _SHORT}
-            end = None
-            for number, record in lines:
-                if end is not None:
-                    raise StoreError(f"{path} line {number}: data after the end line")
-                if isinstance(record, dict) and record.get("end") is True:
-                    end = record
-                    continue
-                short, point = _check_point(record, dims, root, f"{path} line {number}")
-                batches[short].append(point)
-                report.points[short] += 1
-                if len(batches[short]) >= batch_size:
-                    store.upsert_points(getattr(store, _SHORT[short]), batches[short])
-                    progress.update(len(batches[short]))
-                    batches[short] = []
-            for short, batch in batches.items():
-                store.upsert_points(getattr(store, _SHORT[short]), batch)
-                progress.update(len(batch))
-            progress.close()
+            try:
+                batches: dict[str, list[RawPoint]] = {short: [] for short in _SHORT}
+                end = None
+                for number, record in lines:
+                    if end is not None:
+                        raise StoreError(f"{path} line {number}: data after the end line")
+                    if isinstance(record, dict) and record.get("end") is True:
+                        end = record
+                        continue
+                    short, point = _check_point(record, dims, root, f"{path} line {number}")
+                    batches[short].append(point)
+                    report.points[short] += 1
+                    if len(batches[short]) >= batch_size:
+                        store.upsert_points(getattr(store, _SHORT[short]), batches[short])
+                        progress.update(len(batches[short]))
+                        batches[short] = []
+                for short, batch in batches.items():
+                    store.upsert_points(getattr(store, _SHORT[short]), batch)
+                    progress.update(len(batch))
+            finally:
+                progress.close()
             if end is None:
                 raise StoreError(f"{path} ends at line {number} without its end line (the file was cut short)")
             if end.get("points") != report.points:
