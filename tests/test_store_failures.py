@@ -136,7 +136,7 @@ def test_engine_panic_prints_no_backtrace_and_rebuild_works_on_the_damaged_store
     assert cli("search", "fox", "--store", store).exit_code == 0
 
 
-@pytest.mark.parametrize("how", ["collection folder emptied", "collection files all 0 bytes"])
+@pytest.mark.parametrize("how", ["collection folder emptied", "segments and log deleted", "collection files all 0 bytes"])
 def test_emptied_collection_is_refused_instead_of_returning_no_hits(indexed, how):
     folder, store = indexed
     shard = store / "mmrag_text"
@@ -144,6 +144,11 @@ def test_emptied_collection_is_refused_instead_of_returning_no_hits(indexed, how
         shutil.rmtree(shard)
         shard.mkdir()
         expected = "is missing or empty but 3 points were indexed"
+    elif how == "segments and log deleted":  # the engine opens this as a valid, empty collection
+        for sub in ("segments", "wal"):
+            shutil.rmtree(shard / sub)
+            (shard / sub).mkdir()
+        expected = "the collection mmrag_text holds no points but 3 were indexed"
     else:
         for path in shard.rglob("*"):
             if path.is_file():
