@@ -261,3 +261,12 @@ def test_export_then_import_moves_the_index_between_back_ends(make_store, target
     query = VectorStoreQuery(query_embedding=_vector(np.random.default_rng(11)), similarity_top_k=6)
     assert dest.vector_store(dest.text_collection).query(query).ids == source.vector_store(source.text_collection).query(query).ids
     dest.drop()
+
+
+def test_point_ids_are_the_uuid5_of_earlier_versions_accept_any_str_and_change_with_content():
+    assert point_id("a.txt", "k1", 0) == str(uuid.uuid5(uuid.UUID("6b1f9a64-53c1-4c3e-9a0e-2f7d4f1f0a11"), "a.txt\nk1\n0"))
+    assert document_id("dir/b.md") == str(uuid.uuid5(uuid.UUID("6b1f9a64-53c1-4c3e-9a0e-2f7d4f1f0a11"), "doc\ndir/b.md"))
+    name = os.fsdecode(b"caf\xe9.txt")  # a Latin-1 file name on a UTF-8 system arrives with a surrogate escape
+    assert uuid.UUID(point_id(name, "k1", 0)).version == 5 and point_id(name, "k1", 0) != point_id("caf\u00e9.txt", "k1", 0)
+    ids = {point_id(rel, key, chunk) for rel in ("a.txt", name) for key in ("k1", "k2") for chunk in (0, 1)}
+    assert len(ids) == 8  # path, content key and chunk each change the id

@@ -17,7 +17,6 @@ disk: the process would die of SIGBUS).
 
 from __future__ import annotations
 
-import atexit
 import errno
 import json
 import logging
@@ -394,8 +393,7 @@ def _sparse_bytes(path: Path) -> int:
 
 def _temporary_copy(folder: Path, collections: Iterable[str]) -> Path:
     """Copy the shards of a read-only store to a temporary folder (holes stay holes), removed at exit."""
-    target = Path(tempfile.mkdtemp(prefix="mmrag-readonly-"))
-    atexit.register(shutil.rmtree, target, True)
+    target = Path(tempfile.mkdtemp(prefix="mmrag-readonly-"))  # removed by close() (at exit: close_local_clients)
     try:
         for collection in collections:
             source = folder / collection
