@@ -188,6 +188,9 @@ class EdgeIndexStore(IndexStore):
     def write_meta(self, meta: dict) -> None:
         meta = dict(meta) | {"store_format": STORE_FORMAT, "store_path": os.path.realpath(self.folder),
                              "points": {"text": self.count(self.text_collection), "images": self.count(self.image_collection)}}
+        self._write_meta_file(meta)
+
+    def _write_meta_file(self, meta: dict) -> None:
         self._check_space(len(json.dumps(meta)))
         tmp = self.meta_path.with_name(self.meta_path.name + ".tmp")
         try:
@@ -273,7 +276,7 @@ class EdgeIndexStore(IndexStore):
         if not ids:
             return
         edge = edge_module()
-        self._written = True
+        self._mark_writing()
         for collection in self.collections:
             shard = self._shard(collection)
             if shard is not None:
@@ -302,8 +305,14 @@ class EdgeIndexStore(IndexStore):
 
     # --------------------------------------------------------------------------------------- space
     def _before_point_write(self, write_bytes: int) -> None:
-        self._written = True
         self._check_space(3 * write_bytes)  # the write-ahead log, the segment, the payload indexes
+        self._mark_writing()
+
+    def _mark_writing(self) -> None:
+        """On a run's first write, record that the counts are unknown until finish() (a killed run leaves them so)."""
+        if not self._written and self._meta_cache is not None and self._meta_cache.get("points") is not None:
+            self._write_meta_file(self._meta_cache | {"points": None})
+        self._written = True
 
     def _check_space(self, write_bytes: int, headroom: int = SPACE_HEADROOM) -> None:
         """Refuse a write that could fill the device (the engine would die of SIGBUS on a full disk)."""
