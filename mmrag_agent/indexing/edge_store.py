@@ -24,8 +24,12 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from tqdm.auto import tqdm
 
 from .edge import EdgeVectorStore, close_shard, edge_call, edge_module, open_shard, short_reason, INDEXED_FIELDS
 from .store import DEFAULT_STORE_DIRNAME, IndexStore, RawPoint, StoreError, _same_path, decode_payload, encode_payload
@@ -37,6 +41,7 @@ LEGACY_DIRNAME = "qdrant"  # qdrant-client local mode, written by mmrag-agent be
 #: Free space kept in reserve on the store's device beyond a write's own estimate (the engine's WAL and files grow by steps).
 SPACE_HEADROOM = 64 * 2**20
 READ_HEADROOM = 8 * 2**20
+PROGRESS_MIN_POINTS = 10_000  # below this, building the HNSW graph takes seconds at most
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -55,6 +60,7 @@ class EdgeIndexStore(IndexStore):
         self.allow_moved = allow_moved
         self._meta_cache: dict | None = None
         self._written = False  # whether this process wrote points (finish() is a no-op otherwise)
+        self.show_progress = False  # show the time spent building the HNSW graph (indexing runs turn it on)
 
     # ----------------------------------------------------------------------------------------- open
     @classmethod
@@ -293,7 +299,10 @@ class EdgeIndexStore(IndexStore):
                 continue
             edge_call(self._describe, shard.flush)
             self._check_space(int(1.5 * _disk_usage(self._shard_path(collection) / "segments")))  # optimizing rewrites segments
-            edge_call(self._describe, shard.optimize)
+            points = edge_call(self._describe, shard.count, edge_module().CountRequest(exact=False))
+            with _elapsed_bar(f"building the vector index of {collection} ({points:,} points)",
+                              self.show_progress and points >= PROGRESS_MIN_POINTS):
+                edge_call(self._describe, shard.optimize)
         if self._meta_cache is not None:
             self.write_meta({k: v for k, v in self._meta_cache.items() if k not in ("store_format", "store_path", "points")})
 
@@ -324,6 +333,26 @@ class EdgeIndexStore(IndexStore):
         if free < needed:
             raise StoreError(f"not enough free space on the device holding {self.folder} ({free / 2**20:.0f} MiB free, this write needs "
                              f"about {needed / 2**20:.0f} MiB); free some space and run the command again (indexing resumes where it stopped)")
+
+
+@contextmanager
+def _elapsed_bar(description: str, enabled: bool) -> Iterator[None]:
+    """A line that counts the seconds of one long engine call (written to the real stderr, which the call redirects)."""
+    if not enabled:
+        yield
+        return
+    stream = os.fdopen(os.dup(2), "w", buffering=1)
+    bar = tqdm(desc=description, bar_format="{desc}: {elapsed}", file=stream)
+    stop = threading.Event()
+    ticker = threading.Thread(target=lambda: [bar.refresh() for _ in iter(lambda: stop.wait(1.0), True)], daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
+        bar.close()
+        stream.close()
 
 
 def create_shard(path: Path, dim: int, describe) -> None:

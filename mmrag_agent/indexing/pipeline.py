@@ -140,6 +140,7 @@ class FolderIndexer:
             raise NotADirectoryError(f"{folder} is not a folder; pass the folder of documents to index")
         self.store_path = None if qdrant_url else Path(store).absolute() if store else default_store(self.root)
         self.store: IndexStore = open_store(self.store_path, qdrant_url, qdrant_api_key, collection, create=True, rebuild=rebuild)
+        self.store.show_progress = show_progress
         meta = self.store.read_meta()
         if meta is not None:
             self.store.check_owner(self.root, meta)  # never index a folder into another folder's index

@@ -130,6 +130,8 @@ class IndexStore(ABC):
 
     #: Short name of the back end, for messages ("embedded store", "Qdrant server").
     kind: str = "store"
+    #: Whether long store work (building the vector index) shows progress.
+    show_progress: bool = False
 
     def __init__(self, prefix: str = "mmrag") -> None:
         self.prefix = prefix
