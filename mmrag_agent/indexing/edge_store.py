@@ -3,7 +3,7 @@
 Layout of a store folder ``S`` (default ``FOLDER/.mmrag``) for collection prefix ``P``::
 
     S/P.index.json    the index metadata (JSON: models, dimensions, root, where the store was written, counts)
-    S/P_text/         Qdrant Edge shard of the text chunks (HNSW, keyword indexes on rel_path, doc_id, content_key)
+    S/P_text/         Qdrant Edge shard of the text chunks (HNSW, on-disk keyword indexes on rel_path and doc_id)
     S/P_images/       Qdrant Edge shard of the images
 
 Nothing in a store is ever deserialised as code (the metadata is JSON, the shards are Qdrant's own files).
@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from .edge import EdgeVectorStore, close_shard, edge_call, edge_module, open_shard, short_reason, INDEXED_FIELDS
+from .edge import EdgeVectorStore, close_shard, create_shard, edge_call, edge_module, open_shard, short_reason
 from .store import DEFAULT_STORE_DIRNAME, IndexStore, RawPoint, StoreError, _same_path, decode_payload, encode_payload
 
 logger = logging.getLogger(__name__)
@@ -353,16 +353,6 @@ def _elapsed_bar(description: str, enabled: bool) -> Iterator[None]:
         ticker.join()
         bar.close()
         stream.close()
-
-
-def create_shard(path: Path, dim: int, describe) -> None:
-    """Create an empty Qdrant Edge shard for ``dim``-d cosine vectors with the keyword indexes the indexer filters by."""
-    edge = edge_module()
-    config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
-                             hnsw_config=edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000))
-    shard = open_shard(str(path), describe, config=config)
-    for name in INDEXED_FIELDS:
-        edge_call(describe, shard.update, edge.UpdateOperation.create_field_index(name, edge.PayloadSchemaType.Keyword))
 
 
 def _bounded_int(text: str) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .store import IndexStore, RawPoint, StoreError, _NAMESPACE, decode_payload, encode_payload
 
 _META_ID = str(uuid.uuid5(_NAMESPACE, "index-meta"))
-_INDEXED_FIELDS = ("rel_path", "doc_id", "content_key")
+_INDEXED_FIELDS = ("rel_path", "doc_id")
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
