@@ -1,7 +1,8 @@
 """Indexing speed: our first index and re-index against LlamaIndex's plain MultiModalVectorStoreIndex path.
 
 On a generated folder (default 500 images + 500 text files), in one process and with the same embedding
-model objects and embedded Qdrant for both, time:
+model objects for both (ours writes to its embedded Qdrant Edge store; LlamaIndex's plain path to
+``QdrantVectorStore`` over qdrant-client's embedded local mode), time:
 
 * ``ours first``: ``FolderIndexer.run()`` on an empty store;
 * ``ours reindex``: ``FolderIndexer.run()`` again on the unchanged folder;
@@ -154,7 +155,7 @@ def main() -> None:
             ("ours, re-index unchanged", reindex_seconds, again.text_points, again.image_points, f"{len(again.unchanged)} files unchanged"),
         ]
         print(f"\nfolder: {args.images} images (256x192 PNG) + {args.texts} text files; torch threads: {torch.get_num_threads()}")
-        print(f"text model: all-MiniLM-L6-v2; image model: {clip_label}; store: embedded Qdrant\n")
+        print(f"text model: all-MiniLM-L6-v2; image model: {clip_label}; stores: ours Qdrant Edge, LlamaIndex qdrant-client local mode\n")
         print(f"{'run':<28} {'seconds':>9} {'text pts':>9} {'image pts':>10}  note")
         for name, seconds, text_points, image_points, note in rows:
             print(f"{name:<28} {seconds:>9.2f} {text_points:>9} {image_points:>10}  {note}")

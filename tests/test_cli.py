@@ -31,7 +31,7 @@ def test_index_then_search_prints_summary_failures_and_hits(minilm, tmp_path, mo
     assert result.exit_code == 0, result.output
     assert "2 indexed, 0 unchanged, 0 removed, 1 failed" in result.output
     assert "empty.md" in result.output and "empty file" in result.output
-    assert (folder / ".mmrag" / "qdrant").is_dir()
+    assert (folder / ".mmrag" / "mmrag_text" / "segments").is_dir() and (folder / ".mmrag" / "mmrag.index.json").is_file()
     close_local_clients()
 
     again = runner.invoke(app, args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -92,6 +93,17 @@ def _snapshot(store: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.slow
+def _copy_store(source, target):
+    """A copy of a store that says where it now is (a store found where it was not written is refused otherwise)."""
+    import json
+
+    shutil.copytree(source, target)
+    for meta in target.glob("*.index.json"):
+        data = json.loads(meta.read_text())
+        data["store_path"] = os.path.realpath(target)
+        meta.write_text(json.dumps(data))
+
+
 def test_commit_interrupted_at_every_step_converges_to_the_clean_index(tmp_path, mock_text_model):
     folder = _old_folder(tmp_path / "docs")
     old_store = tmp_path / "old-store"
@@ -103,7 +115,7 @@ def test_commit_interrupted_at_every_step_converges_to_the_clean_index(tmp_path,
     close_local_clients()
 
     counting = tmp_path / "counting-store"
-    shutil.copytree(old_store, counting)
+    _copy_store(old_store, counting)
     indexer = _indexer(folder, counting, mock_text_model)
     indexer.store = FaultyStore(indexer.store)
     indexer.run()
@@ -117,7 +129,7 @@ def test_commit_interrupted_at_every_step_converges_to_the_clean_index(tmp_path,
     for step in range(total):
         for phase in ("before", "half", "after"):
             store = tmp_path / f"store-{step}-{phase}"
-            shutil.copytree(old_store, store)
+            _copy_store(old_store, store)
             indexer = _indexer(folder, store, mock_text_model)
             indexer.store = FaultyStore(indexer.store, stop_at=step, phase=phase)
             with pytest.raises(Stop):

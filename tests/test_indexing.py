@@ -1,4 +1,4 @@
-"""Incremental indexing into embedded Qdrant: unchanged, changed, deleted, killed half-way, bad input."""
+"""Incremental indexing into the embedded store (Qdrant Edge): unchanged, changed, deleted, killed half-way, bad input."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from llama_index.core.indices.multi_modal import MultiModalVectorStoreIndex
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import ImageNode, TextNode
 
-from mmrag_agent.indexing import FolderIndexer, StoreError, build_index, close_local_clients, load_index, open_client
+from mmrag_agent.indexing import FolderIndexer, StoreError, build_index, close_local_clients, load_index, open_store
 
 LONG_TEXT = " ".join(f"Sentence {i} about the migration of arctic terns across the ocean." for i in range(120))
 
@@ -43,16 +43,8 @@ def run(folder: Path, store: Path, text_model, **kwargs):
 
 def points(store: Path) -> dict[str, dict]:
     """{point id: payload} over the text and image collections."""
-    client = open_client(store)
-    out = {}
-    for collection in ("mmrag_text", "mmrag_images"):
-        offset = None
-        while True:
-            batch, offset = client.scroll(collection, limit=1000, offset=offset, with_payload=True)
-            out.update({str(p.id): p.payload for p in batch})
-            if offset is None:
-                break
-    return out
+    index_store = open_store(store)
+    return {p.id: p.payload for collection in index_store.collections for p in index_store.iter_points(collection)}
 
 
 def files_of(store: Path) -> set[str]:
@@ -70,14 +62,16 @@ def test_first_index_then_unchanged_rerun_writes_nothing(tmp_path, mock_text_mod
     assert files_of(store) == EXPECTED_FILES
     assert sum(1 for p in before.values() if p["rel_path"] == "long.txt") > 1  # chunked
     assert {p["page"] for p in before.values() if p["rel_path"] == "paper.pdf"} == {1, 2}
-    sqlite_files = sorted((store / "qdrant").rglob("*.sqlite"))
-    assert sqlite_files
-    stamps = [(f.stat().st_mtime_ns, f.stat().st_size) for f in sqlite_files]
+    # the stored data: vectors, payload pages, the metadata file (the engine's own bookkeeping files may be touched on open)
+    data_files = sorted([*store.rglob("chunk_*.mmap"), *store.rglob("page_*.dat"), store / "mmrag.index.json"])
+    assert len(data_files) >= 5
+    stamps = [(f.stat().st_mtime_ns, f.stat().st_size) for f in data_files]
 
     second = run(folder, store, mock_text_model)
     assert second.indexed == [] and second.removed == [] and set(second.unchanged) == EXPECTED_FILES
     assert points(store) == before
-    assert [(f.stat().st_mtime_ns, f.stat().st_size) for f in sqlite_files] == stamps  # nothing written
+    close_local_clients()
+    assert [(f.stat().st_mtime_ns, f.stat().st_size) for f in data_files] == stamps  # nothing written
 
 
 def test_changed_file_replaced_deleted_file_removed_and_caption_change_reindexes_image(tmp_path, mock_text_model):

@@ -1,8 +1,8 @@
-"""The ``mmrag`` command line: ``index``, ``search``, ``ask``, ``demo``, ``eval`` and ``train``.
+"""The ``mmrag`` command line: ``index``, ``search``, ``ask``, ``demo``, ``export``, ``import``, ``eval`` and ``train``.
 
-One module per group of commands (:mod:`.documents`, :mod:`.answers`, :mod:`.eval`, :mod:`.train`), sharing
-:mod:`.common` and :mod:`.output`. Only typer and rich are imported at module level, so ``mmrag --help`` stays
-fast and torch-free.
+One module per group of commands (:mod:`.documents`, :mod:`.answers`, :mod:`.store`, :mod:`.eval`, :mod:`.train`),
+sharing :mod:`.common` and :mod:`.output`. Only typer and rich are imported at module level, so ``mmrag --help``
+stays fast and torch-free.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import typer
 from typer._click import exceptions as click_exceptions  # typer vendors click; its exceptions live here
 from typer.core import TyperGroup
 
-from . import answers, documents
+from . import answers, documents, store
 from .common import set_verbose
 from .eval import eval_app
 from .train import train_app
@@ -62,6 +62,8 @@ def options(
 
 for command in (documents.index, documents.search, answers.ask, answers.demo):
     app.command()(command)
+app.command()(store.export)
+app.command(name="import")(store.import_)
 app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
 

@@ -35,15 +35,15 @@ def index(
     """Index FOLDER incrementally: unchanged files are skipped, changed ones replaced, deleted ones removed."""
     check_embedding_models(text_model, image_model)
     quiet_libraries()
-    from ..indexing import EmbeddingModelUnavailable, FolderIndexer
+    from ..indexing import EmbeddingModelUnavailable, FolderIndexer, StoreError
 
     try:
         indexer = FolderIndexer(folder, store=store, qdrant_url=qdrant_url, collection=collection, text_model=text_model,
                                 image_model=image_model, device=device, ocr=ocr.value, max_image_pixels=max_image_pixels,
                                 chunk_size=chunk_size, rebuild=rebuild)
-    except EmbeddingModelUnavailable as exc:
+        report = indexer.run()
+    except (EmbeddingModelUnavailable, StoreError) as exc:
         fail(str(exc))
-    report = indexer.run()
     print_report(report, where=qdrant_url or str(indexer.store_path))
 
 
@@ -63,7 +63,8 @@ def check_embedding_models(text_model: str, image_model: str) -> None:
 
 def print_report(report, where: str) -> None:
     """The run's summary, every file not indexed with its reason, duplicates and warnings (as plain text)."""
-    heading(f"Index {where}")
+    heading("Index")
+    say("store: ", where)
     say(f"{len(report.indexed)} indexed, {len(report.unchanged)} unchanged, {len(report.removed)} removed, "
         f"{len(report.failed)} failed, {len(report.duplicates)} duplicate(s) skipped")
     say(f"{report.text_points} text and {report.image_points} image points; {report.seconds:.1f} s")
@@ -87,13 +88,18 @@ def search(
 ) -> None:
     """Print the top text and image hits for QUERY with their scores."""
     quiet_libraries()
-    print_hits(query, open_index(store, qdrant_url, collection, device), k)
+    from ..indexing import StoreError
+
+    index_ = open_index(store, qdrant_url, collection, device)
+    try:
+        print_hits(query, index_, k)
+    except StoreError as exc:
+        fail(str(exc))
 
 
 def open_index(store: Optional[Path], qdrant_url: Optional[str], collection: str, device: str):
-    """The index in ``store``, the Qdrant server at ``qdrant_url``, or by default ``./.mmrag``."""
-    from ..indexing import load_index
-    from ..indexing.store import StoreError
+    """The index in ``store``, the Qdrant server at ``qdrant_url``, or by default ``./.mmrag`` (one-line error, exit 2)."""
+    from ..indexing import StoreError, load_index
 
     try:
         return load_index(store=store or (None if qdrant_url else Path(".mmrag")), qdrant_url=qdrant_url, collection=collection, device=device)

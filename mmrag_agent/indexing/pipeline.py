@@ -1,4 +1,4 @@
-"""Incremental, resumable indexing of a folder into Qdrant, and loading the result as a LlamaIndex index.
+"""Incremental, resumable indexing of a folder into Qdrant (embedded Qdrant Edge or a server), and loading it back.
 
 The store itself is the record of what is indexed: every point carries its file's relative path, a content
 key and its chunk number, and its id is derived from those three. A run compares that with the folder:
@@ -43,11 +43,11 @@ from .embeddings import (
 from ..media import DEFAULT_MAX_IMAGE_PIXELS, image_to_png_bytes
 from .nodes import NodeFactory, PreparedFile, prepare_file
 from .ocr import load_ocr
-from .store import DEFAULT_STORE_DIRNAME, IndexStore, StoreError, open_client
+from .store import DEFAULT_STORE_DIRNAME, INDEX_FORMAT_VERSION, IndexStore, StoreError
+from .stores import open_store
 from .surrogates import reference_text
 
 logger = logging.getLogger(__name__)
-INDEX_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -82,7 +82,8 @@ class FolderIndexer:
 
     Args:
         folder: The folder to index (recursively).
-        store: Embedded-Qdrant directory; default ``<folder>/.mmrag``. Ignored when ``qdrant_url`` is set.
+        store: Embedded store folder (Qdrant Edge shards); default ``<folder>/.mmrag``. Ignored when ``qdrant_url``
+            is set. A store belongs to one folder: indexing another folder into it is refused.
         qdrant_url: URL of a Qdrant server, e.g. ``http://localhost:6333``.
         qdrant_api_key: API key for the server.
         collection: Collection-name prefix (``<prefix>_text``, ``<prefix>_images``, ``<prefix>_meta``).
@@ -102,7 +103,8 @@ class FolderIndexer:
         max_batch_bytes: About this many bytes of chunk text and image-model input per batch.
         image_side: Longest side images are decoded at for a pixel-based image model (JPEGs decode directly at
             a reduced scale); the model resizes to its own input size anyway.
-        rebuild: Drop the existing index first (needed to switch embedding models).
+        rebuild: Drop the existing index first, without reading it (needed to switch embedding models, to replace
+            a store of an earlier version, or to recover a damaged one).
         show_progress: Show a progress bar.
         on_file_done: Called with each file's relative path once its points are committed.
 
@@ -139,11 +141,12 @@ class FolderIndexer:
         if not self.root.is_dir():
             raise NotADirectoryError(f"{folder} is not a folder; pass the folder of documents to index")
         self.store_path = None if qdrant_url else Path(store).absolute() if store else default_store(self.root)
-        self.store = IndexStore(open_client(self.store_path, qdrant_url, qdrant_api_key), collection)
-        if rebuild:
-            self.store.drop()
-        self.text_model = resolve_text_embedding(text_model, device=device, batch_size=embed_batch_size)
+        self.store: IndexStore = open_store(self.store_path, qdrant_url, qdrant_api_key, collection, create=True, rebuild=rebuild)
+        self.store.show_progress = show_progress
         meta = self.store.read_meta()
+        if meta is not None:
+            self.store.check_owner(self.root, meta)  # never index a folder into another folder's index
+        self.text_model = resolve_text_embedding(text_model, device=device, batch_size=embed_batch_size)
         if image_model == "auto" and meta is not None:  # keep what the existing index was built with
             image_model = "text" if meta.get("image_mode") == "surrogate" else meta["image_model"]
         self.image_model = resolve_image_embedding(image_model, self.text_model, device=device, dtype=dtype, batch_size=embed_batch_size)
@@ -176,7 +179,7 @@ class FolderIndexer:
             for key, value in wanted.items():
                 if meta.get(key) != value:
                     raise StoreError(
-                        f"the index in {self.store_path or self.store.prefix} was built with {key}={meta.get(key)!r}, "
+                        f"the index in {self.store.location} was built with {key}={meta.get(key)!r}, "
                         f"not {value!r}; pass the same model, or rebuild=True / --rebuild to re-embed everything"
                     )
             return
@@ -227,6 +230,7 @@ class FolderIndexer:
         gone = sorted(rel for rel in states if rel not in keep and not _under(rel, unavailable))
         self.store.delete_ids(id_ for rel in gone for id_ in states[rel].ids)
         report.removed = [rel for rel in gone if rel not in duplicates]
+        self.store.finish()
         report.text_points = self.store.count(self.store.text_collection)
         report.image_points = self.store.count(self.store.image_collection)
         report.seconds = time.perf_counter() - started
@@ -393,7 +397,8 @@ def load_index(
     """Open an existing index. Models default to the ones recorded when it was built.
 
     Args:
-        store: The embedded-Qdrant directory (e.g. ``docs/.mmrag``), or None with ``qdrant_url``.
+        store: The embedded store folder (e.g. ``docs/.mmrag``), or None with ``qdrant_url``. Read-only stores
+            are searched through a temporary copy; nothing is created in the store.
         qdrant_url: URL of a Qdrant server.
         qdrant_api_key: API key for the server.
         collection: Collection-name prefix used when indexing.
@@ -401,11 +406,15 @@ def load_index(
         image_model: Override the recorded image embedding model.
         device: Torch device for the models.
         dtype: CLIP dtype.
+
+    Raises:
+        StoreError: no index there, or the store is outdated, damaged, moved, in use or unreachable (one line, with the fix).
+
+    Example:
+        >>> index = load_index("docs/.mmrag")
+        >>> index.as_retriever(similarity_top_k=5).retrieve("quarterly revenue")
     """
-    if qdrant_url is None and store is not None and not Path(store).is_dir():  # opening it would create an empty store
-        raise StoreError(f"no index at {store}: the folder does not exist; run `mmrag index FOLDER` (its index goes to "
-                         "FOLDER/.mmrag) or pass the --store it was written to")
-    index_store = IndexStore(open_client(store, qdrant_url, qdrant_api_key), collection)
+    index_store = open_store(store, qdrant_url, qdrant_api_key, collection)
     meta = index_store.read_meta()
     if meta is None:
         where = qdrant_url or store

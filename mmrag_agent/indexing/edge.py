@@ -1,0 +1,370 @@
+"""A LlamaIndex vector store over one Qdrant Edge shard (Qdrant's engine in-process: HNSW, payload indexes).
+
+:class:`EdgeVectorStore` is the embedded back end's collection: add, delete by ref doc or node ids, query with
+``MetadataFilters``, ``get_nodes``, and their async forms. Every call into the engine goes through
+:func:`edge_call`, which turns the engine's errors (and its panics, whose Rust backtrace it keeps off the
+terminal) into one :class:`~mmrag_agent.indexing.store.StoreError` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Optional, Sequence
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    FilterCondition,
+    FilterOperator,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+    VectorStoreQueryResult,
+)
+from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+
+from .store import StoreError, decode_payload, encode_payload
+
+#: Payload fields with a keyword index: what the indexer and LlamaIndex filter and delete by. The indexes live on
+#: disk (memory-mapped): in memory, each one costs ~1.7 s per million points every time a store is opened.
+INDEXED_FIELDS = ("rel_path", "doc_id")
+_DOC_ID_KEY = "doc_id"  # where LlamaIndex puts ref_doc_id (as QdrantVectorStore does)
+
+
+def edge_module():
+    """The ``qdrant_edge`` module, or a one-line install hint."""
+    try:
+        import qdrant_edge
+    except ImportError:
+        raise StoreError("the embedded store needs Qdrant Edge: pip install qdrant-edge-py") from None
+    return qdrant_edge
+
+
+# ------------------------------------------------------------------------------------------- errors
+_call_lock = threading.RLock()
+_stderr_sink = None
+
+
+@contextmanager
+def _rust_stderr_captured() -> Iterator[None]:
+    """Send fd 2 to a scratch file while the engine runs (a panic prints a Rust backtrace there)."""
+    global _stderr_sink
+    if _stderr_sink is None:
+        _stderr_sink = tempfile.TemporaryFile()
+    sink = _stderr_sink
+    sink.seek(0)
+    sink.truncate()
+    saved = os.dup(2)
+    try:
+        os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """``locked``, ``no_space``, ``not_writable``, ``missing`` or ``damaged``, from an engine error."""
+    text = str(exc)
+    if isinstance(exc, OSError):
+        import errno
+
+        return {errno.ENOSPC: "no_space", errno.EDQUOT: "no_space", errno.EACCES: "not_writable", errno.EPERM: "not_writable",
+                errno.EROFS: "not_writable", errno.ENOENT: "missing"}.get(exc.errno or 0, "damaged")
+    if "WouldBlock" in text or "Resource temporarily unavailable" in text:
+        return "locked"
+    if "No space left" in text or "os error 28" in text or "os error 122" in text:
+        return "no_space"
+    if "Permission denied" in text or "os error 13" in text or "Read-only file system" in text or "os error 30" in text:
+        return "not_writable"
+    return "damaged"
+
+
+def edge_call(describe: Callable[[str, BaseException], StoreError], fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Run an engine call; any error (panics included) becomes ``describe(kind, exc)``, raised without a chain."""
+    with _call_lock, _rust_stderr_captured():
+        try:
+            return fn(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit, GeneratorExit, StoreError):
+            raise
+        except BaseException as exc:  # pyo3's PanicException derives from BaseException
+            failure = exc
+    raise describe(failure_kind(failure), failure) from None
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an engine error, without its generic prefix, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for prefix in ("Service runtime error: ", "Service internal error: "):
+        while text.startswith(prefix):
+            text = text[len(prefix):]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _generic_error(kind: str, exc: BaseException) -> StoreError:
+    return StoreError(f"Qdrant Edge: {kind.replace('_', ' ')} ({short_reason(exc)})")
+
+
+# -------------------------------------------------------------------------------------------- shards
+_shards: dict[str, Any] = {}
+
+
+def open_shard(path: str, describe: Callable[[str, BaseException], StoreError] = _generic_error, config: Any = None) -> Any:
+    """The process's one open ``EdgeShard`` at ``path`` (the engine locks a shard to one opener); created when ``config`` is given."""
+    key = os.path.realpath(path)
+    shard = _shards.get(key)
+    if shard is None:
+        edge = edge_module()
+        if config is not None:
+            shard = edge_call(describe, edge.EdgeShard.create, key, config)
+        else:
+            shard = edge_call(describe, edge.EdgeShard.load, key)
+        _shards[key] = shard
+    return shard
+
+
+def close_shard(path: str) -> None:
+    shard = _shards.pop(os.path.realpath(path), None)
+    if shard is not None:
+        try:
+            edge_call(_generic_error, shard.close)
+        except StoreError:
+            pass
+
+
+def close_shards() -> None:
+    """Close every shard opened in this process (flushes them and releases their locks)."""
+    for key in list(_shards):
+        close_shard(key)
+
+
+def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, BaseException], StoreError] = _generic_error) -> Any:
+    """Create an empty shard for ``dim``-d cosine vectors (HNSW m=16, ef_construct=100) with on-disk keyword indexes
+    on :data:`INDEXED_FIELDS`, and keep it open."""
+    edge = edge_module()
+    config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
+                             hnsw_config=edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000))
+    shard = open_shard(str(path), describe, config=config)
+    for name in INDEXED_FIELDS:
+        edge_call(describe, shard.update, edge.UpdateOperation.create_field_index(name, edge.KeywordIndexParams(on_disk=True)))
+    return shard
+
+
+# ------------------------------------------------------------------------------------------- filters
+def to_edge_filter(filters: MetadataFilters | None, doc_ids: Sequence[str] | None = None,
+                   node_ids: Sequence[str] | None = None):
+    """A ``qdrant_edge.Filter`` for LlamaIndex ``MetadataFilters`` plus optional ref-doc and node id restrictions."""
+    edge = edge_module()
+    must = []
+    if doc_ids:
+        must.append(edge.FieldCondition(_DOC_ID_KEY, match=edge.MatchAny(list(doc_ids))))
+    if node_ids:
+        must.append(edge.HasIdCondition(set(node_ids)))
+    if filters is not None and filters.filters:
+        must.append(_subfilter(edge, filters))
+    return edge.Filter(must=must) if must else None
+
+
+def _subfilter(edge, filters: MetadataFilters):
+    conditions = []
+    for item in filters.filters:
+        if isinstance(item, MetadataFilters):
+            if item.filters:
+                conditions.append(_subfilter(edge, item))
+            continue
+        conditions.append(_condition(edge, item.key, item.operator or FilterOperator.EQ, encode_payload(item.value)))
+    if filters.condition == FilterCondition.OR:
+        return edge.Filter(should=conditions)
+    if filters.condition == FilterCondition.NOT:
+        return edge.Filter(must_not=conditions)
+    return edge.Filter(must=conditions)
+
+
+def _values(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
+
+
+def _condition(edge, key: str, op: FilterOperator, value):
+    field = edge.FieldCondition
+    if op == FilterOperator.EQ:
+        if isinstance(value, float):
+            return field(key, range=edge.RangeFloat(gte=value, lte=value))
+        return field(key, match=edge.MatchValue(value))
+    ranges = {FilterOperator.GT: "gt", FilterOperator.GTE: "gte", FilterOperator.LT: "lt", FilterOperator.LTE: "lte"}
+    if op in ranges:
+        return field(key, range=edge.RangeFloat(**{ranges[op]: float(value)}))
+    if op == FilterOperator.NE:
+        return field(key, match=edge.MatchExcept([value]))
+    if op == FilterOperator.IN:
+        return field(key, match=edge.MatchAny(_values(value)))
+    if op == FilterOperator.NIN:
+        return field(key, match=edge.MatchExcept(_values(value)))
+    if op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):
+        return field(key, match=edge.MatchText(str(value)))
+    if op == FilterOperator.IS_EMPTY:
+        return edge.IsEmptyCondition(key)
+    raise NotImplementedError(f"filter operator {op} is not supported by EdgeVectorStore; use EQ, NE, GT, GTE, LT, LTE, IN, NIN, "
+                              "TEXT_MATCH or IS_EMPTY")
+
+
+# -------------------------------------------------------------------------------------- vector store
+class EdgeVectorStore(BasePydanticVectorStore):
+    """A LlamaIndex vector store over one Qdrant Edge shard (a single-vector cosine collection).
+
+    Points are stored as LlamaIndex's ``QdrantVectorStore`` stores them (the node as JSON in ``_node_content``,
+    metadata at the top level, ``doc_id`` for ``delete``), so the same payloads, ids and filters work on a
+    Qdrant server.
+
+    Args:
+        path: The shard folder (created on the first ``add`` when missing).
+        collection_name: Name of the collection the shard holds (for messages and export).
+        batch_size: Points per engine update.
+
+    Example:
+        >>> store = EdgeVectorStore(path="/tmp/shard", collection_name="docs")
+        >>> index = VectorStoreIndex.from_vector_store(store, embed_model=embed_model)
+    """
+
+    stores_text: bool = True
+    flat_metadata: bool = False
+    path: str = Field(description="Folder of the Qdrant Edge shard.")
+    collection_name: str = Field(default="", description="Name of the collection this shard holds.")
+    batch_size: int = Field(default=256, gt=0, description="Points written per engine update.")
+
+    _describe: Callable[[str, BaseException], StoreError] = PrivateAttr(default=_generic_error)
+    _before_write: Optional[Callable[[int], None]] = PrivateAttr(default=None)
+
+    def __init__(self, path: str, collection_name: str = "", batch_size: int = 256,
+                 describe: Callable[[str, BaseException], StoreError] | None = None,
+                 before_write: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(path=str(path), collection_name=collection_name or os.path.basename(str(path)), batch_size=batch_size, **kwargs)
+        self._describe = describe or _generic_error
+        self._before_write = before_write
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EdgeVectorStore"
+
+    @property
+    def client(self) -> Any:
+        """The open ``qdrant_edge.EdgeShard`` (opened on first use)."""
+        return open_shard(self.path, self._describe)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        shard = self.client
+        return edge_call(self._describe, getattr(shard, method), *args)
+
+    def _ensure_shard(self, dim: int) -> None:
+        if os.path.realpath(self.path) not in _shards and not os.path.isdir(os.path.join(self.path, "segments")):
+            create_shard(self.path, dim, self._describe)
+
+    # -- writes
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> List[str]:
+        """Upsert ``nodes`` (with embeddings) under their node ids; returns the ids."""
+        if not nodes:
+            return []
+        edge = edge_module()
+        self._ensure_shard(len(nodes[0].get_embedding()))
+        ids = []
+        for start in range(0, len(nodes), self.batch_size):
+            batch = nodes[start:start + self.batch_size]
+            vectors = [list(node.get_embedding()) for node in batch]
+            payloads = [encode_payload(node_to_metadata_dict(node, remove_text=False, flat_metadata=False)) for node in batch]
+            if self._before_write is not None:  # bytes about to be written: vectors, node JSON, the rest of the payload
+                self._before_write(sum(4 * len(v) + 2 * len(p.get("_node_content", "")) + 512 for v, p in zip(vectors, payloads)))
+            points = [edge.Point(node.node_id, vector, payload) for node, vector, payload in zip(batch, vectors, payloads)]
+            self._call("update", edge.UpdateOperation.upsert_points(points))
+            ids.extend(node.node_id for node in batch)
+        return ids
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete every node of the document ``ref_doc_id``."""
+        edge = edge_module()
+        condition = edge.Filter(must=[edge.FieldCondition(_DOC_ID_KEY, match=edge.MatchValue(ref_doc_id))])
+        self._call("update", edge.UpdateOperation.delete_points_by_filter(condition))
+
+    def delete_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None,
+                     **delete_kwargs: Any) -> None:
+        """Delete the nodes with these ids and/or matching ``filters`` (nothing when both are None)."""
+        edge = edge_module()
+        if node_ids is not None and not filters:
+            if node_ids:
+                self._call("update", edge.UpdateOperation.delete_points(list(node_ids)))
+            return
+        condition = to_edge_filter(filters, node_ids=node_ids)
+        if condition is not None:
+            self._call("update", edge.UpdateOperation.delete_points_by_filter(condition))
+
+    def clear(self) -> None:
+        """Delete every point (the shard and its indexes stay)."""
+        edge = edge_module()
+        self._call("update", edge.UpdateOperation.delete_points_by_filter(edge.Filter()))
+
+    # -- reads
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """The ``similarity_top_k`` nearest nodes to ``query.query_embedding`` that pass its filters."""
+        if query.mode != VectorStoreQueryMode.DEFAULT:
+            raise NotImplementedError(f"query mode {query.mode} is not supported by EdgeVectorStore (dense search only)")
+        if query.query_embedding is None:
+            raise ValueError("EdgeVectorStore.query needs query.query_embedding")
+        edge = edge_module()
+        request = edge.QueryRequest(limit=query.similarity_top_k, query=edge.Query.Nearest(list(query.query_embedding)),
+                                    filter=to_edge_filter(query.filters, query.doc_ids, query.node_ids),
+                                    with_payload=True, with_vector=False, params=kwargs.get("search_params"))
+        return self._to_result(self._call("query", request), scored=True)
+
+    def get_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None,
+                  limit: Optional[int] = None) -> List[BaseNode]:
+        """The stored nodes with these ids and/or matching ``filters`` (with their embeddings)."""
+        edge = edge_module()
+        condition = to_edge_filter(filters, node_ids=node_ids)
+        nodes: list[BaseNode] = []
+        offset = None
+        while limit is None or len(nodes) < limit:
+            page = 256 if limit is None else min(256, limit - len(nodes))
+            records, offset = self._call("scroll", edge.ScrollRequest(offset=offset, limit=page, filter=condition,
+                                                                      with_payload=True, with_vector=True))
+            nodes.extend(self._to_result(records, scored=False).nodes)
+            if offset is None:
+                break
+        return nodes
+
+    def _to_result(self, points: list, scored: bool) -> VectorStoreQueryResult:
+        nodes, scores, ids = [], [], []
+        for point in points:
+            node = metadata_dict_to_node(decode_payload(dict(point.payload or {})))
+            vector = point.vector
+            if isinstance(vector, dict):
+                vector = vector.get("")
+            if vector and node.embedding is None:
+                node.embedding = list(vector)
+            nodes.append(node)
+            ids.append(str(point.id))
+            scores.append(point.score if scored else 1.0)
+        return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+    # -- async: the engine is in-process and blocking, so run it off the event loop
+    async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:
+        return await asyncio.to_thread(self.add, nodes, **kwargs)
+
+    async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
+
+    async def adelete_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None,
+                            **delete_kwargs: Any) -> None:
+        await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
+
+    async def aclear(self) -> None:
+        await asyncio.to_thread(self.clear)
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        return await asyncio.to_thread(self.query, query, **kwargs)
+
+    async def aget_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None,
+                         limit: Optional[int] = None) -> List[BaseNode]:
+        return await asyncio.to_thread(self.get_nodes, node_ids, filters, limit)
