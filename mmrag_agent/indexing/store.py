@@ -173,9 +173,6 @@ class IndexStore(ABC):
                              "upgrade mmrag-agent, or rebuild it with this version (--rebuild)")
         return meta
 
-    def exists(self) -> bool:
-        return self.read_meta() is not None
-
     def rebuild_hint(self, meta: dict | None = None) -> str:
         """The fix for a store that cannot be used: the rebuild command for its folder."""
         root = (meta or {}).get("root") if isinstance(meta, dict) else None
