@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -37,6 +38,7 @@ def index(
     quiet_libraries()
     from ..indexing import EmbeddingModelUnavailable, FolderIndexer, StoreError
 
+    started = time.perf_counter()
     try:
         indexer = FolderIndexer(folder, store=store, qdrant_url=qdrant_url, collection=collection, text_model=text_model,
                                 image_model=image_model, device=device, ocr=ocr.value, max_image_pixels=max_image_pixels,
@@ -44,6 +46,7 @@ def index(
         report = indexer.run()
     except (EmbeddingModelUnavailable, StoreError) as exc:
         fail(str(exc))
+    report.seconds = time.perf_counter() - started  # what the user waited, loading the models included
     print_report(report, where=qdrant_url or str(indexer.store_path))
 
 
