@@ -95,23 +95,33 @@ def test_question_groups_are_the_grpo_prompt_then_the_sft_completion(tiny):
         start = len(group.prefix) + group.completion_starts[i]
         assert ids[:start] == tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         assert tiny.tokenizer.decode(ids[start:]) == whole[len(prompt):]
+        answer = group.suffixes[i][group.answers[i]]  # the answer token the list-wise term reads
+        assert tiny.tokenizer.decode([answer]) == record["label"] and group.relevant[i] == (record["label"] == "yes")
     assert all(len(g.prefix) > 10 and g.tokens < sum(len(g.prefix) + len(s) for s in g.suffixes) for g in groups)
 
 
-def _whole_sequence_loss(model, group) -> torch.Tensor:
-    """The same loss computed the plain way: each candidate's whole sequence, cross-entropy on its completion."""
-    total = torch.zeros(())
-    for suffix, start, weight in zip(group.suffixes, group.completion_starts, group.weights):
+def _whole_sequence_loss(model, group, listwise: float = 0.0, answer_ids=(0, 1)) -> torch.Tensor:
+    """The same loss computed the plain way: each candidate's whole sequence, cross-entropy on its completion, and
+    the list-wise softmax cross-entropy of the positives on logit(yes) - logit(no) at the answer positions."""
+    total, margins = torch.zeros(()), []
+    for suffix, start, weight, answer in zip(group.suffixes, group.completion_starts, group.weights, group.answers):
         ids = torch.tensor([group.prefix + suffix])
         logits = model(input_ids=ids).logits[0]
         first = len(group.prefix) + start
         loss = torch.nn.functional.cross_entropy(logits[first - 1:-1], ids[0, first:])
         total = total + weight * loss
-    return total
+        at = logits[len(group.prefix) + answer - 1]
+        margins.append(at[answer_ids[0]] - at[answer_ids[1]])
+    margins = torch.stack(margins)
+    relevant = torch.tensor(group.relevant)
+    return total + listwise * (torch.logsumexp(margins, 0) - torch.logsumexp(margins[relevant], 0))
 
 
-def test_shared_prefix_loss_and_gradient_equal_the_whole_sequence_ones(tiny):
+@pytest.mark.parametrize("listwise", [0.0, 0.7])
+def test_shared_prefix_loss_and_gradient_equal_the_whole_sequence_ones(tiny, listwise):
     from peft import LoraConfig, get_peft_model
+
+    from mmrag_agent.inference.scoring import answer_token_ids
 
     records = stage1_records(EXAMPLES[:3], negatives_per_positive=None, tokenizer=tiny.tokenizer)
     groups = question_groups(records, [stage1_target(r, prefix="<answer>") for r in records], tiny.processor, "<answer>")
@@ -120,13 +130,15 @@ def test_shared_prefix_loss_and_gradient_equal_the_whole_sequence_ones(tiny):
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False))
     model.eval()  # no dropout: the two computations must agree exactly
     trainer = SharedPrefixTrainer.__new__(SharedPrefixTrainer)  # only compute_loss is exercised
-    trainer.pairs_per_group = 1.0
+    trainer.pairs_per_group, trainer.listwise_weight = 1.0, listwise
+    trainer.answer_ids = tuple(answer_token_ids(tiny.tokenizer))
     data = _Groups(groups, pad_id=tiny.tokenizer.pad_token_id or 0)
+    assert all(any(g.relevant) and not all(g.relevant) for g in groups)  # both classes: the list-wise term applies
     params = [p for p in model.parameters() if p.requires_grad]
     for index, group in enumerate(groups):
         shared = trainer.compute_loss(model, data[index])
         grads = torch.autograd.grad(shared, params)
-        plain = _whole_sequence_loss(model, group)
+        plain = _whole_sequence_loss(model, group, listwise, trainer.answer_ids)
         plain_grads = torch.autograd.grad(plain, params)
         assert shared.item() == pytest.approx(plain.item(), rel=1e-4)
         for a, b in zip(grads, plain_grads):

@@ -310,6 +310,9 @@ class Stage1Config(StageConfig):
         "Text models: the warm start runs each question once with all its candidates, the tokens they share (system "
         "prompt, instruction, question) computed once per question (the same loss as TRL's SFTTrainer, with class "
         "weights; about 2.5x fewer tokens). False: TRL's SFTTrainer on one sequence per candidate."))
+    sft_listwise_weight: float = field(default=0.0, metadata=_help(
+        "Shared-prefix warm start: weight of a list-wise term, the softmax cross-entropy of the positives among each "
+        "question's candidates on logit(yes) - logit(no) (what ranking by P(relevant) orders); 0: point-wise SFT only."))
     sft_questions_per_step: int = field(default=4, metadata=_help(
         "Shared-prefix warm start: questions (each with all its candidates) per optimizer step."))
     grpo_pool_factor: int = field(default=4, metadata=_help(

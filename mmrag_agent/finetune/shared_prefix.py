@@ -18,7 +18,7 @@ Text models only (an image expands to tokens of its own inside the candidate par
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from transformers import Trainer
@@ -38,6 +38,8 @@ class QuestionGroup:
         suffixes: Per candidate, the rest of its sequence: the rest of its prompt, then the completion.
         completion_starts: Per candidate, where its completion starts within its suffix (>= 1).
         weights: Per candidate, its loss weight.
+        answers: Per candidate, where its yes/no answer token sits within its suffix (-1: none found).
+        relevant: Per candidate, whether its label is yes.
     """
 
     qid: str
@@ -45,6 +47,8 @@ class QuestionGroup:
     suffixes: list[list[int]]
     completion_starts: list[int]
     weights: list[float]
+    answers: list[int] = field(default_factory=list)
+    relevant: list[bool] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -79,8 +83,11 @@ def question_groups(records: Sequence[dict], targets: Sequence[str], processor, 
         >>> sum(len(g.suffixes) for g in groups) == len(targets)
         True
     """
+    from ..inference.scoring import answer_token_ids
+
     tokenizer = getattr(processor, "tokenizer", processor)
-    by_question: dict[str, list[tuple[list[int], list[int], float]]] = {}
+    yes_no = set(answer_token_ids(tokenizer))
+    by_question: dict[str, list[tuple[list[int], list[int], float, bool]]] = {}
     for record, target in zip(records, targets, strict=True):
         if record.get("image") or record.get("images"):
             raise ValueError("the shared-prefix warm start takes text records only; use sft_shared_prefix=False for images")
@@ -92,15 +99,24 @@ def question_groups(records: Sequence[dict], targets: Sequence[str], processor, 
                              "use sft_shared_prefix=False (TRL's SFTTrainer)")
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
-        by_question.setdefault(str(record["qid"]), []).append((prompt_ids, completion_ids, float(record.get("weight", 1.0))))
+        by_question.setdefault(str(record["qid"]), []).append((prompt_ids, completion_ids, float(record.get("weight", 1.0)),
+                                                               record.get("label") == "yes"))
     groups = []
     for qid, rows in by_question.items():
         for start in range(0, len(rows), max_group):
             part = rows[start:start + max_group]
-            n = _common_prefix_length([p for p, _, _ in part])
-            groups.append(QuestionGroup(qid=qid, prefix=part[0][0][:n], suffixes=[p[n:] + c for p, c, _ in part],
-                                        completion_starts=[len(p) - n for p, _, _ in part], weights=[w for _, _, w in part]))
+            n = _common_prefix_length([p for p, _, _, _ in part])
+            answers = [_answer_position(len(p) - n, c, yes_no) for p, c, _, _ in part]
+            groups.append(QuestionGroup(qid=qid, prefix=part[0][0][:n], suffixes=[p[n:] + c for p, c, _, _ in part],
+                                        completion_starts=[len(p) - n for p, _, _, _ in part], weights=[w for _, _, w, _ in part],
+                                        answers=answers, relevant=[y for _, _, _, y in part]))
     return groups
+
+
+def _answer_position(completion_start: int, completion: Sequence[int], yes_no: set[int]) -> int:
+    """Where the first yes/no token of a completion sits in its suffix; -1 when there is none."""
+    offset = next((i for i, token in enumerate(completion) if token in yes_no), None)
+    return -1 if offset is None else completion_start + offset
 
 
 def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
@@ -134,7 +150,9 @@ class _Groups:
             own[b, :len(suffix)] = 1
             targets[b, start - 1:len(suffix) - 1] = torch.tensor(suffix[start:])
         return {"prefix_ids": torch.tensor([group.prefix], dtype=torch.long), "suffix_ids": ids, "suffix_mask": own,
-                "targets": targets, "weights": torch.tensor(group.weights, dtype=torch.float32)}
+                "targets": targets, "weights": torch.tensor(group.weights, dtype=torch.float32),
+                "answers": torch.tensor(group.answers or [-1] * len(group.suffixes), dtype=torch.long),
+                "relevant": torch.tensor(group.relevant or [False] * len(group.suffixes), dtype=torch.bool)}
 
 
 def _one_group(batch: list[dict]) -> dict:
@@ -145,17 +163,27 @@ def _one_group(batch: list[dict]) -> dict:
 
 class SharedPrefixTrainer(Trainer):
     """A ``transformers.Trainer`` whose batches are :class:`QuestionGroup` tensors: the shared prefix runs once, its
-    cache is repeated for the group's candidates, and the loss is the class-weighted completion cross-entropy.
+    cache is repeated for the group's candidates, and the loss is the class-weighted completion cross-entropy, plus
+    optionally a list-wise term over the question's candidates.
+
+    The list-wise term is the softmax cross-entropy of the positives among the question's candidates, on the margin
+    ``logit(yes) - logit(no)`` at each answer position (the quantity P(relevant) is a monotone function of, so the
+    ranking serving makes): ``-log(sum over positives of softmax(margins))``, for groups with both classes.
 
     Args:
         pairs_per_group: The mean number of candidates per group: the loss of a group is its weighted sum over
             candidates divided by it, so every pair weighs the same whatever the size of its group.
+        listwise_weight: Weight of the list-wise term (0: point-wise only, exactly SFT's loss).
+        answer_ids: ``(yes, no)`` token ids (needed with ``listwise_weight``).
         *args, **kwargs: Those of ``transformers.Trainer`` (``data_collator`` is set here).
     """
 
-    def __init__(self, *args, pairs_per_group: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, pairs_per_group: float = 1.0, listwise_weight: float = 0.0, answer_ids: tuple[int, int] | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, data_collator=_one_group, **kwargs)
         self.pairs_per_group = pairs_per_group
+        self.listwise_weight = listwise_weight
+        self.answer_ids = answer_ids
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         import torch
@@ -178,6 +206,13 @@ class SharedPrefixTrainer(Trainer):
         per_pair = torch.zeros(batch, device=token_loss.device).index_add(0, rows, token_loss)
         per_pair = per_pair / (targets != -100).sum(dim=1).clamp(min=1)
         loss = (per_pair * weights).sum() / self.pairs_per_group
+        relevant, answers = inputs.get("relevant"), inputs.get("answers")
+        if self.listwise_weight and relevant is not None and bool(relevant.any()) and not bool(relevant.all()) and bool((answers > 0).all()):
+            where = torch.searchsorted(keep, answers - 1)  # the position predicting each answer token
+            pair = logits[torch.arange(batch, device=logits.device), where][:, list(self.answer_ids)].float()
+            margins = pair[:, 0] - pair[:, 1]
+            listwise = torch.logsumexp(margins, dim=0) - torch.logsumexp(margins[relevant], dim=0)
+            loss = loss + self.listwise_weight * listwise
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
@@ -226,8 +261,12 @@ def shared_prefix_warm_start(model, tokenizer, groups: Sequence[QuestionGroup], 
         disable_tqdm=True, dataloader_pin_memory=config.dataloader_pin_memory, label_names=[],
         ddp_find_unused_parameters=config.ddp_find_unused_parameters)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from ..inference.scoring import answer_token_ids
+
     trainer = SharedPrefixTrainer(model=model, args=args, train_dataset=_Groups(groups, pad),
-                                  pairs_per_group=sum(len(g.suffixes) for g in groups) / len(groups))
+                                  pairs_per_group=sum(len(g.suffixes) for g in groups) / len(groups),
+                                  listwise_weight=getattr(config, "sft_listwise_weight", 0.0),
+                                  answer_ids=tuple(answer_token_ids(tokenizer)))
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     for callback in callbacks:
