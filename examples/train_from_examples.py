@@ -13,7 +13,8 @@ Stage 1, the recipe (README, "Real learning on this CPU"), held-out P@1 / MRR af
 
 1. every candidate of every training question, the two classes balanced by loss weights;
 2. the SFT warm start over whole epochs, each question's candidates in one pass with the tokens they share (system
-   prompt, instruction, question) computed once, LoRA on the last ``--lora-layers`` layers;
+   prompt, instruction, question) computed once, a list-wise term over them beside the point-wise loss, LoRA on
+   the last ``--lora-layers`` layers;
 3. GRPO on the prompts likeliest to give groups with reward variance (dynamic sampling predicted from the policy's
    own P(yes)), groups of ``--generations``, no KL term (``--beta 0``);
 4. the fusion weight with the first-stage retriever (``--first-stage``, default all-MiniLM-L6-v2), cross-fitted on
@@ -64,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # stage 1
     p.add_argument("--sft-epochs", type=float, default=1.0, help="Stage-1 warm start: whole passes over every candidate of every training question.")
     p.add_argument("--sft-lr", type=float, default=4e-4, help="Stage-1 warm-start learning rate (linear decay).")
-    p.add_argument("--questions-per-step", type=int, default=4, help="Stage-1 warm start: questions (all their candidates) per optimizer step.")
+    p.add_argument("--questions-per-step", type=int, default=1, help="Stage-1 warm start: questions (all their candidates) per optimizer step.")
+    p.add_argument("--listwise", type=float, default=1.0, help="Stage-1 warm start: weight of the list-wise term over each question's candidates (0: point-wise only).")
     p.add_argument("--lora-layers", type=int, default=10, help="LoRA on the last N of the model's layers (0: all).")
     p.add_argument("--stage1-steps", type=int, default=16, help="Stage-1 GRPO steps.")
     p.add_argument("--prompts-per-step", type=int, default=2, help="Stage-1 prompts per GRPO step.")
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     s1 = train_stage1(Stage1Config(
         model_name_or_path=args.model, output_dir=str(args.out / "stage1"), max_steps=args.stage1_steps, sft_epochs=args.sft_epochs,
-        sft_learning_rate=args.sft_lr, sft_questions_per_step=args.questions_per_step, learning_rate=args.lr,
+        sft_learning_rate=args.sft_lr, sft_questions_per_step=args.questions_per_step, sft_listwise_weight=args.listwise, learning_rate=args.lr,
         num_generations=args.generations, per_device_train_batch_size=args.prompts_per_step * args.generations,
         temperature=args.temperature, grpo_pool_factor=args.pool_factor, max_eval_queries=args.eval_queries,
         eval_every=max(args.stage1_steps, 1), max_text_tokens=64, first_stage=args.first_stage, **common))

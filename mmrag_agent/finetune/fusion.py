@@ -10,7 +10,7 @@ folds, and the metrics are the means over all questions so ranked. Serving gets 
 The card's ``fusion`` then reads::
 
     {"weight": 0.35, "first_stage": "embedding", "first_stage_model": "sentence-transformers/all-MiniLM-L6-v2",
-     "fitted_on": {"questions": 121, "metric": "mrr", "folds": 2, "fold_weights": [0.3, 0.4], "grid": [0.0, ..., 1.0]},
+     "fitted_on": {"questions": 121, "metric": "mrr", "folds": 2, "fold_weights": [0.3, 0.4], "grid": [0.0, 0.05, ..., 1.0]},
      "metrics": {"stage1": {...}, "first_stage": {...}, "fused": {...}, "fused_in_sample": {...}},
      "other_first_stages": {"bm25": {"weight": ..., "fold_weights": [...], "metrics": {...}}}}
 
@@ -26,10 +26,12 @@ from typing import Any, Sequence
 from ..eval.ranking import ranking_from_scores, ranking_metrics
 from ..inference.fusion import fit_fusion_weight, fuse
 
-__all__ = ["FUSION_GRID", "QueryScores", "cross_fit", "fit_fusion", "query_metric", "retriever_scores"]
+__all__ = ["FUSION_GRID", "QueryScores", "cross_fit", "first_stage_retrievers", "fit_fusion", "query_metric", "retriever_scores"]
 
-#: The weights of P(relevant) tried: 0, 0.05, ..., 1.
-FUSION_GRID = tuple(round(i / 20, 2) for i in range(21))
+#: The weights of P(relevant) tried: 0, 0.05, ..., 0.9, then 0.91, ..., 1. A small model's P(relevant) often spans
+#: a tenth of [0, 1] within a question while the min-max normalised retrieval score spans all of it, so the weights
+#: where both count lie close to 1.
+FUSION_GRID = tuple(round(i / 20, 2) for i in range(19)) + tuple(round(0.9 + i / 100, 2) for i in range(1, 11))
 
 
 @dataclass
@@ -127,38 +129,58 @@ def cross_fit(rows: Sequence[QueryScores], retriever: str, folds: int = 2, metri
         "fused_in_sample": _metrics(rows, lambda r: fuse(r.probabilities, r.retrieval[retriever], weight))}}
 
 
-def retriever_scores(rows: Sequence[QueryScores], examples: Sequence, names: Sequence[str], device: str = "cpu") -> dict[str, str | None]:
-    """Add each first-stage retriever's scores (``"bm25"``, ``"embedding"``: all-MiniLM-L6-v2) to ``rows``.
+def first_stage_retrievers(first_stage: str, device: str = "cpu", others: Sequence[str] = ("embedding", "bm25")) -> dict:
+    """The retrievers the fusion is fitted against, built before training starts so that a missing model fails fast.
+
+    Args:
+        first_stage: ``"embedding"`` (all-MiniLM-L6-v2), ``"bm25"`` or ``"none"`` (no retriever).
+        device: Device of the embedding model.
+        others: Retrievers also fitted for comparison when available (one that cannot be built is left out).
 
     Returns:
-        ``{name: model}`` of the retrievers run (the model None for BM25).
+        ``{name: Reranker}``, ``first_stage`` first; empty for ``"none"``.
+
+    Raises:
+        ValueError: ``first_stage``'s retriever cannot be built (one line, with the fix).
     """
     from ..eval.baselines import make_reranker
 
+    if first_stage == "none":
+        return {}
+    out = {}
+    for name in [first_stage] + [n for n in others if n != first_stage]:
+        try:
+            out[name] = make_reranker(name, device=device) if name == "embedding" else make_reranker(name)
+        except Exception as exc:  # noqa: BLE001 - any failure to build it (a missing model, a missing package)
+            if name == first_stage:
+                raise ValueError(f"first_stage={name!r}: cannot build the retriever ({' '.join(str(exc).split())}); install "
+                                 "mmrag-agent[offline] for all-MiniLM-L6-v2, or use first_stage bm25 or none") from None
+    return out
+
+
+def retriever_scores(rows: Sequence[QueryScores], examples: Sequence, retrievers: dict) -> None:
+    """Add each retriever's scores on every question's candidates to ``rows[i].retrieval[name]``."""
     by_qid = {e.qid: e for e in examples}
-    models = {}
-    for name in names:
-        retriever = make_reranker(name, device=device) if name == "embedding" else make_reranker(name)
-        models[name] = retriever.model
+    for name, retriever in retrievers.items():
         for row in rows:
             example = by_qid[row.qid]
             row.retrieval[name] = [float(s) for s in retriever.score(example.query, example.candidates)]
-    return models
 
 
-def fit_fusion(rows: Sequence[QueryScores], examples: Sequence, first_stage: str, folds: int = 2, metric: str = "mrr",
-               seed: int = 0, device: str = "cpu", others: Sequence[str] = ("embedding", "bm25")) -> dict[str, Any]:
+def fit_fusion(rows: Sequence[QueryScores], examples: Sequence, first_stage: str, retrievers: dict | None = None, folds: int = 2,
+               metric: str = "mrr", seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """The model card's ``fusion`` record (module docstring) from the trained model's held-out probabilities.
 
     Args:
-        rows: Held-out questions scored by the trained stage 1 (:class:`QueryScores` without retrieval scores).
+        rows: Held-out questions scored by the trained stage 1 (:class:`QueryScores`).
         examples: The same held-out examples (the retrievers score their candidates).
         first_stage: ``"embedding"``, ``"bm25"`` or ``"none"`` (stage 1 alone: weight 1.0, nothing fitted).
+        retrievers: From :func:`first_stage_retrievers` (None: built here); the ones other than ``first_stage`` are
+            fitted too, for comparison (``other_first_stages``).
         folds: Cross-fitting folds.
         metric: The metric the weight maximises.
         seed: Seed of the fold assignment.
-        device: Device of the embedding model.
-        others: The other retrievers to fit as well, for comparison (``other_first_stages``).
+        device: Device of the embedding model when the retrievers are built here.
 
     Returns:
         The ``fusion`` dict; the weight is the one serving uses.
@@ -167,14 +189,15 @@ def fit_fusion(rows: Sequence[QueryScores], examples: Sequence, first_stage: str
     if first_stage == "none":
         return {"weight": 1.0, "first_stage": "none", "first_stage_model": None,
                 "fitted_on": {"questions": len(rows)}, "metrics": {"stage1": stage1}}
-    names = [first_stage] + [n for n in others if n != first_stage]
-    models = retriever_scores(rows, examples, names, device=device)
+    retrievers = retrievers if retrievers is not None else first_stage_retrievers(first_stage, device)
+    retriever_scores(rows, examples, retrievers)
+    names = list(retrievers)
     fits = {name: cross_fit(rows, name, folds, metric, FUSION_GRID, seed) for name in names}
     main = fits[first_stage]
-    return {"weight": main["weight"], "first_stage": first_stage, "first_stage_model": models[first_stage],
+    return {"weight": main["weight"], "first_stage": first_stage, "first_stage_model": retrievers[first_stage].model,
             "fitted_on": {"questions": len(rows), "metric": metric, "folds": folds, "fold_weights": main["fold_weights"],
                           "seed": seed, "grid": list(FUSION_GRID)},
             "metrics": {"stage1": stage1, **main["metrics"]},
-            "other_first_stages": {name: {"weight": fits[name]["weight"], "first_stage_model": models[name],
+            "other_first_stages": {name: {"weight": fits[name]["weight"], "first_stage_model": retrievers[name].model,
                                           "fold_weights": fits[name]["fold_weights"], "metrics": fits[name]["metrics"]}
-                                   for name in names[1:]}}
+                                   for name in names if name != first_stage}}

@@ -37,7 +37,7 @@ from .callbacks import ProgressBarCallback, evaluate_in_chunks
 from .config import Stage1Config, Stage2Config, StageConfig
 from .datasets import split_by_question, stage1_records, stage2_records
 from .evaluation import evaluate_stage2, score_stage1, stage1_metrics
-from .fusion import fit_fusion
+from .fusion import first_stage_retrievers, fit_fusion
 from .shared_prefix import question_groups, shared_prefix_warm_start
 from .signal import select_signal_records
 from .policy import as_loaded, load_start_model, stage2_start
@@ -95,6 +95,7 @@ def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None =
     # 1. Data, read and checked before anything is written: a train / held-out split by question
     train_examples, held_out, data_info = load_examples(config)
     held_out = shuffle_candidates(held_out, seed=config.split_seed)
+    retrievers = first_stage_retrievers(config.first_stage, str(config.device)) if held_out else {}  # fail fast if missing
     out, resume = resolve_output(config)
 
     # 2. Starting model; point-wise (query, candidate, yes|no) units: every candidate, or 1:1 sampled negatives
@@ -146,8 +147,8 @@ def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None =
         rows = latest.get("rows") if history and history[-1]["phase"] == "final" else None  # the final model's scores
         if rows is None:  # no evaluation of the final model ran: score the held-out questions now
             rows = score_stage1(as_loaded(trainer.model, start.loaded), held_out, card, config.eval_batch_size, eval_file, with_images)
-        final_card.fusion = fit_fusion(rows, held_out, config.first_stage, config.fusion_folds, config.fusion_metric,
-                                       seed=config.split_seed, device=str(config.device))
+        final_card.fusion = fit_fusion(rows, held_out, config.first_stage, retrievers, config.fusion_folds, config.fusion_metric,
+                                       seed=config.split_seed)
         final_card.training["fusion_seconds"] = round(time.perf_counter() - began, 2)
 
     shared = config.sft_shared_prefix and not start.loaded.is_vision
