@@ -1,23 +1,32 @@
-"""Train both stages on real questions and measure what each phase buys, on held-out questions. One command:
+"""Train both stages on real questions with the recipe, and measure what each phase buys on held-out questions.
 
-    .venv/bin/python examples/train_from_examples.py --threads 1          # the full run: ~50 minutes on one CPU core
-    .venv/bin/python examples/train_from_examples.py --smoke --threads 1  # a few steps, a few questions: ~5 minutes
+    .venv/bin/python examples/train_from_examples.py                 # the recipe (defaults), both stages
+    .venv/bin/python examples/train_from_examples.py --smoke         # a few steps and questions: the pipeline end to end
+    .venv/bin/python examples/train_from_examples.py --data ../shared/data/mmqa-image/train.jsonl
 
-Data: ``../shared/data/mmqa-image/train.jsonl`` (606 real MultimodalQA questions over image candidates given by
-their Wikipedia titles), split by question with seed 0 into train (80%) and held-out (20%). Model: SmolLM2-135M-
-Instruct (the offline ``smollm2`` preset) with LoRA (SPEC §4: r 16, alpha 32, attention + MLP projections).
+Data: ``--data`` (rerank-example JSONL), by default ``../shared/data/mmqa-image/train.jsonl`` (606 MultimodalQA
+questions over image candidates given by their Wikipedia titles) when present, else the bundled
+``examples/rerank-example.jsonl``; split by question with seed 0 into train (80%) and held-out (20%). Model:
+SmolLM2-135M-Instruct (the offline ``smollm2`` preset) with LoRA (r 16, alpha 32, attention + MLP projections).
 
-Stage 1 (SPEC §3): held-out P@1 / MRR of the stage-1 P(relevant) ranking zero-shot, after the SFT warm start only,
-and after GRPO. Stage 2 (SPEC §4), started from the stage-1 adapter: rank metrics of the generated ``<rank>``,
-answer F1 of ``<answer>`` and the format rate, before and after stage-2 GRPO (and after its warm start).
+Stage 1, the recipe (README, "Real learning on this CPU"), held-out P@1 / MRR after each phase:
 
-Reference rerankers on the same held-out questions, candidates shuffled (seed 0) so that the file's order (a
-positive listed first in half the queries) is no cue: random, BM25, all-MiniLM-L6-v2, and the trained stage-1
-model once more on the shuffled candidates (``--reference-only`` adds them to an existing run).
+1. every candidate of every training question, the two classes balanced by loss weights;
+2. the SFT warm start over whole epochs, each question's candidates in one pass with the tokens they share (system
+   prompt, instruction, question) computed once, a list-wise term over them beside the point-wise loss, LoRA on
+   the last ``--lora-layers`` layers;
+3. GRPO on the prompts likeliest to give groups with reward variance (dynamic sampling predicted from the policy's
+   own P(yes)), groups of ``--generations``, no KL term (``--beta 0``);
+4. the fusion weight with the first-stage retriever (``--first-stage``, default all-MiniLM-L6-v2), cross-fitted on
+   the held-out questions and written to the model card.
 
-Writes ``OUT/results.json`` (every number, timings per phase and per GRPO step), ``OUT/held_out.png`` (held-out
-metrics per phase, reference rerankers as lines), and each stage's ``training_curves.png`` / ``model_card.json``
-under ``OUT/stage1`` and ``OUT/stage2``. These are small-model measurements on titles, not MultimodalQA leaderboard scores.
+Stage 2 starts from the stage-1 adapter with K = 5 candidates (SPEC §4): a warm start over whole epochs of a subset
+of the training questions, a few GRPO steps, then format rate, rank metrics, source F1 and answer F1 of unconstrained
+greedy completions before and after. Finally the pipeline (fused stage 1, then stage 2) on held-out questions.
+
+Writes ``OUT/results.json`` (every number; wall time per phase; the machine's load before and after), ``OUT/held_out.png``,
+``OUT/held_out.jsonl`` (the held-out questions, for ``mmrag eval rerank``) and each stage's ``model_card.json`` /
+``training_curves.png`` under ``OUT/stage1`` and ``OUT/stage2``. Small-model measurements on titles, not leaderboard scores.
 """
 
 from __future__ import annotations
@@ -26,53 +35,72 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mmqa-image" / "train.jsonl"
+SHARED_DATA = ROOT.parent / "shared" / "data" / "mmqa-image" / "train.jsonl"
+BUNDLED_DATA = ROOT / "examples" / "rerank-example.jsonl"
 
 
-def parse_args() -> argparse.Namespace:
+def default_data() -> Path | None:
+    """The shared MultimodalQA file when present, else the bundled example file when present, else None."""
+    return next((p for p in (SHARED_DATA, BUNDLED_DATA) if p.is_file()), None)
+
+
+def auto_threads() -> int:
+    """Torch threads: the cores the 1-minute load average leaves idle (both cores of an idle 2-core machine), at least 1.
+    Oversubscribed cores make multi-threaded torch slower, not faster (measured 4x slower at load 8 on 2 cores)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Rerank examples (JSONL).")
+    p.add_argument("--data", type=Path, default=None, help=f"Rerank examples (JSONL). Default: {SHARED_DATA} if present, else {BUNDLED_DATA}.")
     p.add_argument("--model", default="smollm2", help="Base model.")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "train-from-examples", help="Output folder.")
-    p.add_argument("--stage1-steps", type=int, default=20, help="Stage-1 GRPO steps.")
-    p.add_argument("--stage2-steps", type=int, default=10, help="Stage-2 GRPO steps (0: skip stage 2).")
-    p.add_argument("--sft-steps", type=int, default=100, help="SFT warm-start steps of stage 1 (40 steps at lr 2e-4 left P@1 at chance).")
-    p.add_argument("--stage2-sft-steps", type=int, default=20, help="SFT warm-start steps of stage 2.")
-    p.add_argument("--sft-batch-size", type=int, default=8, help="Sequences per stage-1 SFT warm-start step.")
-    p.add_argument("--stage2-sft-batch-size", type=int, default=4, help="Sequences per stage-2 SFT warm-start step.")
-    p.add_argument("--sft", default="auto", choices=["auto", "on", "off"], help="Warm start: auto runs it when the format probe fails.")
-    p.add_argument("--prompts-per-step", type=int, default=2, help="Prompts per GRPO step (each with --generations completions).")
-    p.add_argument("--generations", type=int, default=4, help="Completions per prompt (GRPO group size).")
-    p.add_argument("--stage2-prompts-per-step", type=int, default=1, help="Stage-2 prompts per GRPO step.")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the idle cores, see auto_threads).")
+    # stage 1
+    p.add_argument("--sft-epochs", type=float, default=1.0, help="Stage-1 warm start: whole passes over every candidate of every training question.")
+    p.add_argument("--sft-lr", type=float, default=4e-4, help="Stage-1 warm-start learning rate (linear decay).")
+    p.add_argument("--questions-per-step", type=int, default=1, help="Stage-1 warm start: questions (all their candidates) per optimizer step.")
+    p.add_argument("--listwise", type=float, default=1.0, help="Stage-1 warm start: weight of the list-wise term over each question's candidates (0: point-wise only).")
+    p.add_argument("--lora-layers", type=int, default=10, help="LoRA on the last N of the model's layers (0: all).")
+    p.add_argument("--stage1-steps", type=int, default=16, help="Stage-1 GRPO steps.")
+    p.add_argument("--prompts-per-step", type=int, default=2, help="Stage-1 prompts per GRPO step.")
+    p.add_argument("--generations", type=int, default=8, help="Completions per prompt (GRPO group size).")
+    p.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature.")
+    p.add_argument("--pool-factor", type=int, default=4, help="Dynamic sampling: score this many times the GRPO prompts, keep the likeliest to carry signal (0: off).")
+    p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate.")
+    p.add_argument("--beta", type=float, default=0.0, help="KL coefficient (0: no reference forward pass, as DAPO).")
+    p.add_argument("--first-stage", default="embedding", choices=["embedding", "bm25", "none"], help="Retriever the fusion weight is fitted against.")
+    p.add_argument("--eval-queries", type=int, default=None, help="Held-out questions for stage 1 (default: all of the 20%%).")
+    # stage 2
+    p.add_argument("--stage2-k", type=int, default=5, help="Stage-2 candidates per prompt (SPEC: 5).")
+    p.add_argument("--stage2-train-queries", type=int, default=120, help="Training questions of the stage-2 warm start and GRPO.")
+    p.add_argument("--stage2-sft-epochs", type=float, default=1.0, help="Stage-2 warm start: whole passes over its questions (one order each).")
+    p.add_argument("--stage2-steps", type=int, default=6, help="Stage-2 GRPO steps (0: skip stage 2).")
+    p.add_argument("--stage2-generations", type=int, default=4, help="Stage-2 completions per prompt.")
     p.add_argument("--stage2-max-tokens", type=int, default=96, help="Stage-2 completion budget (SPEC default 256).")
-    p.add_argument("--stage2-k", type=int, default=3, help="Stage-2 candidates per prompt (SPEC default 5).")
-    p.add_argument("--eval-queries", type=int, default=60, help="Held-out questions for stage 1 (121 = all of the 20%%).")
-    p.add_argument("--stage2-eval-queries", type=int, default=20, help="Held-out questions for stage 2 (one generation each).")
-    p.add_argument("--eval-every", type=int, default=20, help="Stage-1 held-out evaluation every N GRPO steps (each ~2 minutes).")
-    p.add_argument("--lr", type=float, default=5e-5,
-                   help="GRPO learning rate (SPEC default 1e-5 with LoRA; higher here because the run is only tens of steps).")
-    p.add_argument("--sft-lr", type=float, default=4e-4, help="SFT warm-start learning rate.")
-    p.add_argument("--assistant-prefix", default="", help="Stage-1 assistant pre-fill, e.g. '<answer>'.")
-    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient (SPEC 0.04; 0 skips the reference forward pass).")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    p.add_argument("--stage2-eval-queries", type=int, default=60, help="Held-out questions for stage 2 (one greedy generation each).")
+    p.add_argument("--pipeline-queries", type=int, default=60, help="Held-out questions for the pipeline evaluation (0: skip).")
     p.add_argument("--smoke", action="store_true", help="A few steps and questions: proves the pipeline end to end.")
-    p.add_argument("--reference-only", action="store_true",
-                   help="Only (re)compute the reference rerankers for the run in --out and redraw its figure.")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.smoke:
-        args.stage1_steps, args.stage2_steps, args.sft_steps, args.stage2_sft_steps, args.sft_batch_size = 3, 2, 3, 2, 4
-        args.stage2_sft_batch_size = 4
-        args.eval_queries, args.stage2_eval_queries, args.eval_every = 4, 2, 2
-        args.prompts_per_step, args.stage2_prompts_per_step, args.stage2_max_tokens = 2, 1, 48
+        args.sft_epochs, args.stage1_steps, args.stage2_steps, args.eval_queries, args.stage2_eval_queries = 0.05, 2, 1, 6, 4
+        args.stage2_train_queries, args.stage2_sft_epochs, args.stage2_max_tokens, args.pipeline_queries = 4, 1.0, 48, 4
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.data = args.data or default_data()
+    if args.data is None or not Path(args.data).is_file():
+        print(f"no data: {args.data or SHARED_DATA} not found (and no {BUNDLED_DATA}); pass --data FILE.jsonl", file=sys.stderr)
+        return 2
+    threads = args.threads or auto_threads()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmrag_agent.finetune").setLevel(logging.INFO)
@@ -82,107 +110,148 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     from mmrag_agent.finetune import Stage1Config, Stage2Config, train_stage1, train_stage2
 
-    if args.reference_only:
-        results = json.loads((args.out / "results.json").read_text())
-        results["reference"] = reference_rerankers(args)
-        finish(results, args.out)
-        return
-    common = dict(data=str(args.data), split_seed=0, held_out_fraction=0.2, seed=0, gradient_checkpointing=False,
-                  num_generations=args.generations, learning_rate=args.lr, sft_learning_rate=args.sft_lr, sft_warm_start=args.sft,
-                  save_steps=50, report_to="none", beta=args.beta)
-    results: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    began_all = time.perf_counter()
+    results: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                     "machine": {"threads": threads, "cores": os.cpu_count(), "load_before": list(os.getloadavg())}}
+    common = dict(data=str(args.data), split_seed=0, held_out_fraction=0.2, seed=0, gradient_checkpointing=False, save_steps=1000,
+                  report_to="none", beta=args.beta, lora_layers=args.lora_layers or None, sft_warm_start="on")
+    print(f"data {args.data}; {threads} torch threads; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
 
-    # ---- stage 1: zero-shot -> SFT warm start -> GRPO, held-out P@1 / MRR after each
+    # ---- stage 1: zero-shot -> SFT warm start (whole epochs) -> GRPO on signal -> fusion, held-out after each
     began = time.perf_counter()
     s1 = train_stage1(Stage1Config(
-        model_name_or_path=args.model, output_dir=str(args.out / "stage1"), max_steps=args.stage1_steps, sft_max_steps=args.sft_steps,
-        per_device_train_batch_size=args.prompts_per_step * args.generations, max_eval_queries=args.eval_queries,
-        sft_batch_size=args.sft_batch_size,
-        eval_every=args.eval_every, assistant_prefix=args.assistant_prefix, **common))
-    results["stage1"] = summarize(s1.model_card, time.perf_counter() - began)
+        model_name_or_path=args.model, output_dir=str(args.out / "stage1"), max_steps=args.stage1_steps, sft_epochs=args.sft_epochs,
+        sft_learning_rate=args.sft_lr, sft_questions_per_step=args.questions_per_step, sft_listwise_weight=args.listwise, learning_rate=args.lr,
+        num_generations=args.generations, per_device_train_batch_size=args.prompts_per_step * args.generations,
+        temperature=args.temperature, grpo_pool_factor=args.pool_factor, max_eval_queries=args.eval_queries,
+        eval_every=max(args.stage1_steps, 1), max_text_tokens=64, first_stage=args.first_stage, **common))
+    results["stage1"] = summarize(s1.model_card, time.perf_counter() - began, s1.output_dir)
     report("stage 1", results["stage1"], ("p@1", "mrr", "ndcg@5"))
 
-    # ---- stage 2: from the stage-1 adapter; rank metrics and answer F1 before / after GRPO
+    # ---- stage 2: from the stage-1 adapter, K = 5; format rate, source F1, answer F1 before / after
     if args.stage2_steps > 0:
         began = time.perf_counter()
         s2 = train_stage2(Stage2Config(
-            stage1_output=str(s1.output_dir), output_dir=str(args.out / "stage2"), max_steps=args.stage2_steps,
-            sft_max_steps=args.stage2_sft_steps, sft_batch_size=args.stage2_sft_batch_size, format_probe_prompts=4,
-            per_device_train_batch_size=args.stage2_prompts_per_step * args.generations,
-            max_completion_length=args.stage2_max_tokens, k=args.stage2_k, permutations=2, max_eval_queries=args.stage2_eval_queries,
-            eval_every=max(args.stage2_steps, 1), eval_batch_size=4, **common))
-        results["stage2"] = summarize(s2.model_card, time.perf_counter() - began)
+            stage1_output=str(s1.output_dir), output_dir=str(args.out / "stage2"), max_steps=args.stage2_steps, k=args.stage2_k,
+            sft_epochs=args.stage2_sft_epochs, sft_batch_size=4, permutations=1, max_train_queries=args.stage2_train_queries,
+            learning_rate=args.lr, num_generations=args.stage2_generations, per_device_train_batch_size=args.stage2_generations,
+            temperature=args.temperature, max_completion_length=args.stage2_max_tokens, max_eval_queries=args.stage2_eval_queries,
+            eval_every=max(args.stage2_steps, 1), eval_batch_size=8, max_text_tokens=64, **common))
+        results["stage2"] = summarize(s2.model_card, time.perf_counter() - began, s2.output_dir)
         report("stage 2", results["stage2"], ("p@1", "mrr", "set_f1", "answer_f1", "format_rate"))
 
-    results["reference"] = reference_rerankers(args)
+    # ---- reference rankings on the same held-out questions (shuffled as in training), and the pipeline
+    held_out = held_out_examples(args, s1.model_card)
+    results["reference"] = reference_rankings(held_out, s1.model_card)
+    if args.stage2_steps > 0 and args.pipeline_queries > 0:
+        began = time.perf_counter()
+        results["pipeline"] = pipeline_evaluation(args, held_out[: args.pipeline_queries], s1.model_card)
+        results["pipeline"]["wall_seconds"] = round(time.perf_counter() - began, 1)
+    results["machine"].update(load_after=list(os.getloadavg()), wall_minutes=round((time.perf_counter() - began_all) / 60, 1))
     finish(results, args.out)
+    return 0
 
 
-def reference_rerankers(args) -> dict:
-    """Random, BM25, MiniLM and the trained stage-1 model on the stage-1 held-out questions, candidates shuffled."""
-    from mmrag_agent.eval.baselines import make_reranker
-    from mmrag_agent.eval.rerank import evaluate_reranker, shuffle_candidates
-    from mmrag_agent.eval.stage1 import Stage1Reranker
+def held_out_examples(args, card) -> list:
+    """The stage-1 held-out questions, candidates shuffled as training shuffled them; written to OUT/held_out.jsonl."""
+    from mmrag_agent.eval.rerank import shuffle_candidates
     from mmrag_agent.finetune.datasets import split_by_question
     from mmrag_agent.schema import read_rerank_examples
 
     _, held_out = split_by_question(read_rerank_examples(args.data), 0.2, seed=0)
-    held_out = shuffle_candidates(held_out[: args.eval_queries], seed=0)
-    rerankers = {"random": make_reranker("random", seed=0), "bm25": make_reranker("bm25"),
-                 "all-MiniLM-L6-v2": make_reranker("embedding", model="minilm")}
-    if (args.out / "stage1" / "adapter_config.json").exists() or (args.out / "stage1" / "config.json").exists():
-        rerankers["stage 1 trained (shuffled)"] = Stage1Reranker(str(args.out / "stage1"))
-    out = {}
-    for name, reranker in rerankers.items():
-        out[name] = {**evaluate_reranker(held_out, reranker, show_progress=False).metrics, "n": len(held_out)}
-        print(f"  reference {name:<28} " + "  ".join(f"{m} {out[name][m]:.4f}" for m in ("p@1", "mrr", "ndcg@5")))
+    held_out = shuffle_candidates(held_out[: card.training["data"]["held_out_queries"]], seed=0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "held_out.jsonl").open("w", encoding="utf-8") as f:
+        for example in held_out:  # image paths are kept as they are: relative to the data file's folder
+            f.write(json.dumps(example.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
+    return held_out
+
+
+def reference_rankings(held_out: list, card) -> dict:
+    """Random, BM25, MiniLM, stage 1 alone and the cross-fitted fusions, all on the stage-1 held-out questions."""
+    from mmrag_agent.eval.baselines import make_reranker
+    from mmrag_agent.eval.rerank import evaluate_reranker
+
+    fusion = card.fusion or {}
+    out = {"random": {**evaluate_reranker(held_out, make_reranker("random", seed=0), show_progress=False).metrics, "n": len(held_out)}}
+    if fusion.get("first_stage") not in (None, "none"):
+        fits = {fusion["first_stage"]: fusion, **fusion.get("other_first_stages", {})}
+        for name, fitted in fits.items():
+            out[name] = fitted["metrics"]["first_stage"]
+            out[f"stage 1 fused with {name} (cross-fitted)"] = {**fitted["metrics"]["fused"], "weight": fitted["weight"],
+                                                                "fold_weights": fitted.get("fold_weights") or fitted["fitted_on"]["fold_weights"]}
+    out["stage 1 alone"] = card.metrics
+    for name, record in out.items():
+        print(f"  {name:<42} " + "  ".join(f"{m} {record[m]:.4f}" for m in ("p@1", "mrr", "ndcg@5") if m in record), flush=True)
     return out
+
+
+def pipeline_evaluation(args, held_out: list, card1) -> dict:
+    """The pipeline on held-out questions: the trained stage-2 model ranks with the stage-1 fusion of the stage-1 card
+    (``mmrag eval rerank --reranker pipeline --model OUT/stage2 --first-stage F --fusion-weight W``), then judges K."""
+    from mmrag_agent.eval.rerank import evaluate_reranker
+    from mmrag_agent.eval.stage2 import Stage2Reranker
+
+    fusion = card1.fusion or {"first_stage": "none", "weight": 1.0}
+    reranker = Stage2Reranker(str(args.out / "stage2"), pipeline=True, data_file=args.data, first_stage=fusion["first_stage"],
+                              fusion_weight=fusion["weight"], query_batch=8)
+    result = evaluate_reranker(held_out, reranker, show_progress=False)
+    command = (f"mmrag eval rerank --data {args.out / 'held_out.jsonl'} --reranker pipeline --model {args.out / 'stage2'} "
+               f"--first-stage {fusion['first_stage']} --fusion-weight {fusion['weight']:g} --limit {len(held_out)}")
+    print(f"  pipeline ({len(held_out)} questions): " + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()), flush=True)
+    return {**result.metrics, "n": result.n, "fusion": reranker.fusion, "command": command}
 
 
 def finish(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_phases(results, out / "held_out.png")
-    print(f"\nwrote {out / 'results.json'}, {out / 'held_out.png'}, and {out}/stage*/training_curves.png")
+    print(f"\nwrote {out / 'results.json'}, {out / 'held_out.png'}, and {out}/stage*/training_curves.png; "
+          f"{results['machine']['wall_minutes']} minutes, load {results['machine']['load_before'][0]:.2f} -> "
+          f"{results['machine']['load_after'][0]:.2f}", flush=True)
 
 
-def summarize(card, seconds: float) -> dict:
-    """The numbers of one stage (from its ``ModelCard``): held-out metrics per phase, warm start, GRPO speed, wall clock."""
-    card = card.training
+def summarize(card, seconds: float, output_dir: Path) -> dict:
+    """The numbers of one stage (its ``ModelCard`` and TRL's logs): held-out metrics and wall time per phase."""
+    training = card.training
+    logs = json.loads((Path(output_dir) / "log_history.json").read_text())
+    zero_std = [h["frac_reward_zero_std"] for h in logs if "frac_reward_zero_std" in h]
     phases: dict = {}
-    for record in card["held_out_history"]:
+    for record in training["held_out_history"]:
         phases[record["phase"]] = {k: v for k, v in record.items() if k != "phase"}
     phases.setdefault("final", phases.get("grpo"))
-    train = card["final_metrics"]["train"]
-    warm = card["sft_warm_start"]
+    train = training["final_metrics"]["train"]
+    warm = training["sft_warm_start"]
+    prompts = training.get("grpo_prompts") or {}
     return {
         "held_out": {"zero_shot": phases.get("initial"), "after_sft": phases.get("sft"), "after_grpo": phases.get("final")},
-        "held_out_queries": card["data"]["held_out_queries"], "train_queries": card["data"]["train_queries"],
-        "train_records": card["data"]["train_records"],
-        "sft": {"ran": warm.get("ran"), "probe_format_rate": (warm.get("probe") or {}).get("format_rate"),
-                "steps": warm.get("steps"), "seconds": warm.get("seconds"), "loss_first_last": _ends(warm.get("loss"))},
-        "grpo": {"steps": card["steps"], "seconds": train["train_runtime"], "seconds_per_step": train["step_time"],
+        "held_out_queries": training["data"]["held_out_queries"], "train_queries": training["data"]["train_queries"],
+        "train_records": training["data"]["train_records"],
+        "sft": {"trainer": warm.get("trainer"), "steps": warm.get("steps"), "epochs": warm.get("epochs"), "seconds": warm.get("seconds"),
+                "loss_first_last": _ends(warm.get("loss"))},
+        "grpo": {"steps": training["steps"], "seconds": prompts.get("seconds"), "seconds_per_step": train["step_time"],
+                 "prompts": prompts.get("records"), "selection": prompts.get("selection"),
                  "reward_last_steps": train["reward"], "format_rate_last_steps": train["format_rate"],
-                 "frac_reward_zero_std_last_steps": train["frac_reward_zero_std"]},
+                 "frac_reward_zero_std_per_step": zero_std,
+                 "frac_reward_zero_std_mean": sum(zero_std) / len(zero_std) if zero_std else None},
+        "fusion": card.fusion, "fusion_seconds": training.get("fusion_seconds"),
         "eval_seconds": {p: (r or {}).get("eval_seconds") for p, r in phases.items()},
         "wall_seconds": round(seconds, 1),
     }
 
 
 def report(title: str, summary: dict, metrics: tuple[str, ...]) -> None:
-    print(f"\n{title}: {summary['train_queries']} train / {summary['held_out_queries']} held-out questions, "
-          f"{summary['wall_seconds']:.0f} s in all")
+    print(f"\n{title}: {summary['train_queries']} train questions ({summary['train_records']} records) / "
+          f"{summary['held_out_queries']} held-out, {summary['wall_seconds'] / 60:.1f} min in all", flush=True)
     for phase, record in summary["held_out"].items():
         values = "  ".join(f"{m} {record[m]:.4f}" for m in metrics if record and isinstance(record.get(m), (int, float)))
         print(f"  {phase:<11} {values or '-'}")
     sft, grpo = summary["sft"], summary["grpo"]
-    print(f"  SFT: ran={sft['ran']} probe format rate={sft['probe_format_rate']} {sft['steps']} steps {sft['seconds']} s; "
-          f"GRPO: {grpo['steps']} steps, {grpo['seconds_per_step']} s/step, last reward {grpo['reward_last_steps']}, "
-          f"format {grpo['format_rate_last_steps']}, zero-std groups {grpo['frac_reward_zero_std_last_steps']}")
+    print(f"  SFT ({sft['trainer']}): {sft['steps']} steps, {sft['epochs']} epochs, {sft['seconds']} s; GRPO: {grpo['steps']} steps "
+          f"in {grpo['seconds']} s on {grpo['prompts']} prompts, frac_reward_zero_std {grpo['frac_reward_zero_std_mean']}", flush=True)
 
 
 def plot_phases(results: dict, path: Path) -> None:
@@ -192,23 +261,26 @@ def plot_phases(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     stages = [s for s in ("stage1", "stage2") if s in results]
-    fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(stages), figsize=(6.5 * len(stages), 4.2), squeeze=False)
     for ax, stage in zip(axes[0], stages):
-        phases = [p for p, r in results[stage]["held_out"].items() if r]
-        metrics = ["p@1", "mrr"] + (["answer_f1", "format_rate"] if stage == "stage2" else [])
+        bars = {p: r for p, r in results[stage]["held_out"].items() if r}
+        if stage == "stage1":
+            bars.update({name.replace(" (cross-fitted)", ""): r for name, r in results.get("reference", {}).items()
+                         if name.startswith("stage 1 fused")})
+        metrics = ["p@1", "mrr"] + (["set_f1", "answer_f1", "format_rate"] if stage == "stage2" else [])
         width = 0.8 / len(metrics)
         for i, metric in enumerate(metrics):
-            ax.bar([j + i * width for j in range(len(phases))], [results[stage]["held_out"][p].get(metric, 0) or 0 for p in phases],
-                   width, label=metric)
-        ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(phases))], phases)
-        if stage == "stage1":  # reference rerankers on the same questions: their P@1 as lines
+            ax.bar([j + i * width for j in range(len(bars))], [r.get(metric, 0) or 0 for r in bars.values()], width, label=metric)
+        ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(bars))],
+                      [n.replace("stage 1 fused with ", "fused\n") for n in bars], fontsize=8)
+        if stage == "stage1":  # the retrievers alone on the same questions: their P@1 as lines
             styles = iter([":", "--", "-."])
-            for name, record in results.get("reference", {}).items():
-                if "trained" not in name:
-                    ax.axhline(record["p@1"], color="grey", linestyle=next(styles, ":"), linewidth=1, label=f"P@1 {name}")
+            for name in ("random", "bm25", "embedding"):
+                if name in results.get("reference", {}):
+                    ax.axhline(results["reference"][name]["p@1"], color="grey", linestyle=next(styles), linewidth=1, label=f"P@1 {name}")
         ax.set_ylim(0, 1)
         ax.set_title(f"{stage}: held-out ({results[stage]['held_out_queries']} questions)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -219,4 +291,4 @@ def _ends(values):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -86,7 +86,7 @@ def test_stage1_is_deterministic_and_the_seed_changes_the_sample():
 
 def test_stage1_prompt_is_the_shared_stage1_prompt_with_the_query_first():
     record = stage1_records([EXAMPLES[0]], seed=0)[0]
-    assert set(record) == {"prompt", "label", "qid", "candidate_id"}
+    assert set(record) == {"prompt", "label", "weight", "qid", "candidate_id"} and record["weight"] == 1.0
     system, user = record["prompt"]
     assert system["role"] == "system" and user["role"] == "user" and isinstance(user["content"], str)
     cand = next(c for c in EXAMPLES[0].candidates if c.id == record["candidate_id"])
@@ -201,7 +201,7 @@ def test_stage2_with_images_lists_image_paths_in_placeholder_order(tmp_path):
 
 def test_to_dataset_columns_and_empty_input():
     ds = to_dataset(stage1_records(EXAMPLES))
-    assert ds.column_names == ["prompt", "label", "qid", "candidate_id"] and set(ds["label"]) == {"yes", "no"}
+    assert ds.column_names == ["prompt", "label", "weight", "qid", "candidate_id"] and set(ds["label"]) == {"yes", "no"}
     with pytest.raises(ValueError, match="no records"):
         to_dataset([])
 

@@ -4,7 +4,8 @@
 
     mmrag train stage1 --data train.jsonl [--model smollm2] --output runs/s1 [--config s1.yaml] [--max-steps N]
                        [--lora/--full] [--eval-data dev.jsonl] [--eval-every N] [--sft auto|on|off] [--sft-steps N]
-                       [--assistant-prefix TEXT] [--reasoning/--no-reasoning] [--resume] [--cpu] [--dry-run]
+                       [--assistant-prefix TEXT] [--reasoning/--no-reasoning] [--first-stage embedding|bm25|none]
+                       [--resume] [--cpu] [--dry-run]
                        [--set KEY=VALUE ...] [--KEY VALUE [VALUE ...] ...]
     mmrag train stage2 --data train.jsonl --stage1 runs/s1 --output runs/s2 [-k 5] [--init-from stage1|base] ...
     mmrag train defaults [1|2]                  # the stage fields with their defaults, as YAML to edit
@@ -123,6 +124,10 @@ def startup_lines(config) -> list[str]:
                      "(--eval-every to change, 0: never)")
     else:
         lines.append("held-out evaluation: off (--eval-every N to evaluate)")
+    if config.stage == 1:
+        lines.append(f"fusion: the weight of P(relevant) against the {config.first_stage} retriever is fitted on the held-out "
+                     "questions and written to model_card.json (--first-stage to change)" if config.first_stage != "none"
+                     else "fusion: none (--first-stage none: stage 1 ranks alone)")
     return lines
 
 
@@ -190,9 +195,29 @@ def print_summary(card, output_dir) -> None:
                   f"{_fmt(train['step_time'])} s/step", highlight=False, soft_wrap=True)
     console.print(f"SFT warm start: {'ran %s steps' % warm.get('steps') if warm.get('ran') else 'skipped'} ({warm.get('mode')}"
                   + (f", probe format rate {probe:.3f}" if isinstance(probe, float) else "") + ")", highlight=False, soft_wrap=True)
+    if card.fusion:
+        console.print(fusion_line(card.fusion), highlight=False, soft_wrap=True)
     console.print(f"wrote {output_dir} (model_card.json: assistant prefix {card.assistant_prefix!r}, max_new_tokens "
                   f"{card.max_new_tokens}; load with mmrag_agent.models.load_model or Stage1RelevanceFilter(model=...)); "
                   f"curves: {Path(output_dir) / 'training_curves.png'}", highlight=False, markup=False, soft_wrap=True)
+
+
+def fusion_line(fusion: dict) -> str:
+    """One line on the fitted fusion of a stage-1 card: the weight and held-out P@1 of each ranking.
+
+    Example:
+        >>> fusion_line({"weight": 0.3, "first_stage": "embedding", "fitted_on": {"questions": 60, "folds": 2},
+        ...              "metrics": {"stage1": {"p@1": 0.3}, "first_stage": {"p@1": 0.4}, "fused": {"p@1": 0.45}}})
+        'fusion with embedding: weight 0.3 (fitted on 60 held-out questions); held-out P@1 stage 1 0.3000, embedding 0.4000, fused 0.4500 (cross-fitted, 2 folds)'
+    """
+    metrics = fusion["metrics"]
+    if fusion["first_stage"] == "none":
+        return f"fusion: none (stage 1 alone, weight 1); held-out P@1 {_fmt(metrics['stage1'].get('p@1'))}"
+    fitted = fusion.get("fitted_on") or {}
+    return (f"fusion with {fusion['first_stage']}: weight {fusion['weight']:g} (fitted on {fitted.get('questions')} held-out questions); "
+            f"held-out P@1 stage 1 {_fmt(metrics['stage1'].get('p@1'))}, {fusion['first_stage']} "
+            f"{_fmt(metrics['first_stage'].get('p@1'))}, fused {_fmt(metrics['fused'].get('p@1'))} "
+            f"(cross-fitted, {fitted.get('folds')} folds)")
 
 
 def _fmt(value) -> str:
@@ -214,6 +239,9 @@ def stage1(
     sft_steps: Optional[int] = SftStepsOption,
     assistant_prefix: Optional[str] = PrefixOption,
     reasoning: Optional[bool] = typer.Option(None, "--reasoning/--no-reasoning", help="<think> before the yes/no answer."),
+    first_stage: Optional[str] = typer.Option(None, "--first-stage", help="Retriever the stage-1 score is fused with in serving: "
+                                              "embedding (all-MiniLM-L6-v2, default), bm25 or none. The fusion weight is fitted on "
+                                              "the held-out questions (cross-fitted) and written to model_card.json."),
     resume: bool = ResumeOption,
     cpu: bool = CpuOption,
     dry_run: bool = DryRunOption,
@@ -225,8 +253,8 @@ def stage1(
     """
     _train(1, ctx, config, sets, dry_run, data=_str(data), model_name_or_path=model, output_dir=_str(output), max_steps=max_steps,
            use_peft=lora, eval_data=_str(eval_data), eval_every=eval_every, sft_warm_start=sft, sft_max_steps=sft_steps,
-           assistant_prefix=assistant_prefix, reasoning=reasoning, resume_from_checkpoint="last" if resume else None,
-           use_cpu=cpu or None)
+           assistant_prefix=assistant_prefix, reasoning=reasoning, first_stage=first_stage,
+           resume_from_checkpoint="last" if resume else None, use_cpu=cpu or None)
 
 
 @train_app.command("stage2", context_settings=PASS_THROUGH)

@@ -1,8 +1,9 @@
 """Training sets of the two GRPO stages built from rerank examples (SPEC §3–4), in TRL's conversational format.
 
 * :func:`split_by_question`: a deterministic train / held-out split by qid (no query in both).
-* :func:`stage1_units` / :func:`stage1_records`: balanced point-wise units ``(query, candidate, yes|no)`` with hard
-  negatives drawn from the same query's candidates; prompts from :func:`mmrag_agent.prompts.stage1_messages`.
+* :func:`stage1_units` / :func:`stage1_records`: point-wise units ``(query, candidate, yes|no)``: every candidate of
+  every question with class-balancing weights, or balanced by sampling hard negatives from the same query's
+  candidates; prompts from :func:`mmrag_agent.prompts.stage1_messages`.
 * :func:`stage2_units` / :func:`stage2_records`: list-wise units (query + K candidates in several shuffled
   orders); prompts from :func:`mmrag_agent.prompts.stage2_messages`; gold ids follow each order.
 * :func:`to_dataset`: records to a :class:`datasets.Dataset` that ``trl.GRPOTrainer`` accepts.
@@ -12,7 +13,7 @@ file), the same view and the same prompt builders serving uses, so a trained mod
 
 Every random choice uses a generator seeded by ``(seed, qid)``, so a query's records do not depend on the
 other queries or on their order. Every column other than ``prompt`` reaches the reward functions as a
-keyword argument (``label`` for stage 1; ``gold_ids``, ``answers``, ``keywords``, ``qtype``,
+keyword argument (``label`` and ``weight`` for stage 1; ``gold_ids``, ``answers``, ``keywords``, ``qtype``,
 ``candidate_ids`` for stage 2).
 """
 
@@ -36,11 +37,13 @@ __all__ = ["Stage1Unit", "Stage2Unit", "split_by_question", "stage1_records", "s
 
 @dataclass
 class Stage1Unit:
-    """One point-wise training unit: a query, one of its candidates, and whether it is relevant (``"yes"``/``"no"``)."""
+    """One point-wise training unit: a query, one of its candidates, whether it is relevant (``"yes"``/``"no"``), and
+    its loss weight (1.0 when the classes were balanced by sampling)."""
 
     example: RerankExample
     candidate: Candidate
     label: str
+    weight: float = 1.0
 
 
 @dataclass
@@ -89,18 +92,27 @@ def split_by_question(examples: Sequence[RerankExample], held_out_fraction: floa
     return [e for e in examples if e.qid not in held], [e for e in examples if e.qid in held]
 
 
-def stage1_units(examples: Sequence[RerankExample], negatives_per_positive: int = 1, seed: int = 0) -> list[Stage1Unit]:
-    """Balanced stage-1 units: every positive of a query, plus hard negatives from the same query (SPEC §3).
+def stage1_units(examples: Sequence[RerankExample], negatives_per_positive: int | None = 1, seed: int = 0) -> list[Stage1Unit]:
+    """Stage-1 units of the questions that have a positive (SPEC §3), the classes balanced one of two ways.
 
-    For each query with at least one positive, ``min(len(positives) * negatives_per_positive, #non-positives)``
-    negatives are sampled without replacement from its non-positive candidates; the query's units are then
-    shuffled. Queries without positives are skipped (no label balance is possible).
+    * ``negatives_per_positive=N`` (balanced by sampling): every positive of a query, plus ``min(len(positives) * N,
+      #non-positives)`` hard negatives sampled without replacement from its other candidates; weight 1.0 each.
+    * ``negatives_per_positive=None`` (balanced by weighting): **every** candidate of every query, weighted so that
+      each class carries half of the total weight and the mean weight is 1.0 (``n / (2 * n_yes)`` for a positive,
+      ``n / (2 * n_no)`` for a negative): nothing the data holds is thrown away.
+
+    A query's units are shuffled (seeded by ``(seed, qid)``). Queries without positives are skipped.
 
     Raises:
         ValueError: ``negatives_per_positive`` < 0.
+
+    Example:
+        >>> units = stage1_units(examples, negatives_per_positive=None)
+        >>> round(sum(u.weight for u in units) / len(units), 6)
+        1.0
     """
-    if negatives_per_positive < 0:
-        raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
+    if negatives_per_positive is not None and negatives_per_positive < 0:
+        raise ValueError(f"negatives_per_positive must be >= 0 or None (every candidate), got {negatives_per_positive}")
     units: list[Stage1Unit] = []
     for ex in examples:
         positives = set(ex.positives)
@@ -109,21 +121,27 @@ def stage1_units(examples: Sequence[RerankExample], negatives_per_positive: int 
         rng = _rng(seed, "stage1", ex.qid)
         pos = [c for c in ex.candidates if c.id in positives]
         pool = [c for c in ex.candidates if c.id not in positives]
-        neg = rng.sample(pool, min(len(pos) * negatives_per_positive, len(pool)))
+        neg = pool if negatives_per_positive is None else rng.sample(pool, min(len(pos) * negatives_per_positive, len(pool)))
         chosen = [(c, YES) for c in pos] + [(c, NO) for c in neg]
         rng.shuffle(chosen)
         units += [Stage1Unit(ex, cand, label) for cand, label in chosen]
+    if negatives_per_positive is None and units:
+        counts = {label: sum(u.label == label for u in units) for label in (YES, NO)}
+        present = [label for label in (YES, NO) if counts[label]]
+        for unit in units:
+            unit.weight = len(units) / (len(present) * counts[unit.label])
     return units
 
 
-def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: int = 1, seed: int = 0,
+def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: int | None = 1, seed: int = 0,
                    with_images: bool = False, reasoning: bool = False, *, data_file: str | Path | None = None,
                    tokenizer=None, max_text_tokens: int | None = 256) -> list[dict]:
     """Stage-1 training records of :func:`stage1_units`, in TRL's conversational prompt format.
 
     Args:
         examples: Rerank examples.
-        negatives_per_positive: Negatives sampled per positive (default 1: a 1:1 balance where the pool allows).
+        negatives_per_positive: Negatives sampled per positive (default 1: a 1:1 balance where the pool allows);
+            None: every candidate, class-balancing weights in ``"weight"`` (:func:`stage1_units`).
         seed: Seed of the sampling and shuffling.
         with_images: Show image candidates' images (vision-language models): the record gets ``"image"`` (the
             file path) and its prompt an image part. Candidates without ``image_path`` stay text-only.
@@ -134,8 +152,8 @@ def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: in
         max_text_tokens: Token budget of the candidate text.
 
     Returns:
-        Records ``{"prompt": [system, user messages], "label": "yes" | "no", "qid": ..., "candidate_id": ...}``
-        (plus ``"image"`` when an image is shown), grouped by query.
+        Records ``{"prompt": [system, user messages], "label": "yes" | "no", "weight": ..., "qid": ...,
+        "candidate_id": ...}`` (plus ``"image"`` when an image is shown), grouped by query.
 
     Raises:
         ValueError: ``negatives_per_positive`` < 0.
@@ -151,7 +169,7 @@ def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: in
         view = candidate_view(unit.candidate, data_file, with_image=with_images)
         record = {"prompt": stage1_messages(unit.example.query, view, with_image=with_images, tokenizer=tokenizer,
                                             max_text_tokens=max_text_tokens, reasoning=reasoning),
-                  "label": unit.label, "qid": unit.example.qid, "candidate_id": unit.candidate.id}
+                  "label": unit.label, "weight": unit.weight, "qid": unit.example.qid, "candidate_id": unit.candidate.id}
         if view.image is not None:
             record["image"] = view.image
         records.append(record)
@@ -247,7 +265,7 @@ def to_dataset(records: Sequence[dict]):
     Example:
         >>> ds = to_dataset(stage1_records(examples))
         >>> ds.column_names
-        ['prompt', 'label', 'qid', 'candidate_id']
+        ['prompt', 'label', 'weight', 'qid', 'candidate_id']
     """
     from datasets import Dataset
 

@@ -2,7 +2,7 @@
 
 * :func:`evaluate_stage1`: the stage-1 P(relevant) ranking of every held-out query's candidates, scored by
   :class:`~mmrag_agent.eval.stage1.Stage1Reranker` (the scorer serving uses) with the run's model card: P@1,
-  MRR, NDCG@k, Recall@k.
+  MRR, NDCG@k, Recall@k; :func:`score_stage1` keeps the probabilities (the fusion weight is fitted on them).
 * :func:`evaluate_stage2`: one greedy stage-2 judgement per held-out query over K candidates by
   :class:`~mmrag_agent.inference.Stage2Model` with the run's model card (the prompt serving builds), parsed by
   :mod:`mmrag_agent.format`: rank metrics of the model's ranking, set F1 of its ranked (cited) ids, answer F1
@@ -24,7 +24,7 @@ from ..models.generation import Sampling, generate
 from ..models.loading import LoadedModel
 from ..prompts import render_chat
 
-__all__ = ["eval_mode", "evaluate_stage1", "evaluate_stage2", "generate_completions"]
+__all__ = ["eval_mode", "evaluate_stage1", "evaluate_stage2", "generate_completions", "score_stage1", "stage1_metrics"]
 
 
 @contextmanager
@@ -36,6 +36,31 @@ def eval_mode(model):
         yield model
     finally:
         model.train(was_training)
+
+
+def score_stage1(loaded: LoadedModel, examples: Sequence, card: ModelCard, batch_size: int = 16,
+                 data_file: str | Path | None = None, use_images: bool = True) -> list:
+    """Stage-1 P(relevant) of every candidate of each example, with the prompt ``card`` says serving builds.
+
+    Returns:
+        One :class:`~mmrag_agent.finetune.fusion.QueryScores` per example (candidates in the given order).
+    """
+    from ..eval.stage1 import Stage1Reranker
+    from .fusion import QueryScores
+
+    with eval_mode(loaded.model):
+        reranker = Stage1Reranker(loaded, data_file=data_file, batch_size=batch_size, use_images=use_images, card=card,
+                                  first_stage="none")
+        return [QueryScores(qid=e.qid, ids=e.candidate_ids(), positives=list(e.positives),
+                            probabilities=[float(p) for p in reranker.score(e.query, e.candidates)]) for e in examples]
+
+
+def stage1_metrics(rows: Sequence, k: int = 5) -> dict[str, float]:
+    """P@1, MRR, NDCG@k, Recall@k (per-query means, as ``mmrag eval rerank``) of rankings by P(relevant), and ``n``."""
+    from ..eval.ranking import ranking_from_scores, ranking_metrics
+
+    rankings = [ranking_from_scores(r.ids, r.probabilities) for r in rows]
+    return {**ranking_metrics(rankings, [r.positives for r in rows], k), "n": len(rows)}
 
 
 def evaluate_stage1(loaded: LoadedModel, examples: Sequence, card: ModelCard, batch_size: int = 16,
@@ -54,13 +79,7 @@ def evaluate_stage1(loaded: LoadedModel, examples: Sequence, card: ModelCard, ba
     Returns:
         ``{"p@1", "mrr", "ndcg@k", "recall@k", "n"}`` (as ``mmrag eval rerank --reranker stage1``).
     """
-    from ..eval.rerank import evaluate_reranker
-    from ..eval.stage1 import Stage1Reranker
-
-    with eval_mode(loaded.model):
-        reranker = Stage1Reranker(loaded, data_file=data_file, batch_size=batch_size, use_images=use_images, card=card)
-        result = evaluate_reranker(list(examples), reranker, k=k, show_progress=False)
-    return {**result.metrics, "n": result.n}
+    return stage1_metrics(score_stage1(loaded, examples, card, batch_size, data_file, use_images), k)
 
 
 def evaluate_stage2(loaded: LoadedModel, examples: Sequence, card: ModelCard, seed: int = 0, data_file: str | Path | None = None,

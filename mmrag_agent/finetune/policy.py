@@ -27,7 +27,7 @@ from ..model_card import read_model_card
 from ..models.loading import LoadedModel, load_model
 from .config import VISION_MODULES_REGEX, Stage2Config, StageConfig
 
-__all__ = ["SaveOriginalProcessor", "StartModel", "adapter_base", "as_loaded", "load_start_model", "lora_config",
+__all__ = ["SaveOriginalProcessor", "StartModel", "adapter_base", "as_loaded", "load_start_model", "lora_config", "num_layers",
            "save_warm_start", "stage2_start", "training_processor"]
 
 
@@ -120,17 +120,33 @@ def save_warm_start(config: StageConfig, out: Path, start: StartModel, model) ->
 
 def lora_config(config: StageConfig, loaded: LoadedModel):
     """The ``peft.LoraConfig`` of the run: ``trl.get_peft_config`` of its ``ModelConfig`` fields (r, alpha, dropout,
-    target modules, rsLoRA / DoRA ...), with the vision tower of a VLM excluded (``lora_exclude_vision``).
+    target modules, rsLoRA / DoRA ...), with the vision tower of a VLM excluded (``lora_exclude_vision``) and, with
+    ``lora_layers``, only the last N transformer layers adapted (PEFT's ``layers_to_transform``).
 
     Returns:
         The ``LoraConfig``, or None for full fine-tuning (``use_peft`` false).
+
+    Raises:
+        ValueError: ``lora_layers`` exceeds the model's number of layers.
     """
     from trl import get_peft_config
 
     peft_config = get_peft_config(config)
     if peft_config is not None and loaded.is_vision and config.lora_exclude_vision:
         peft_config = dataclasses.replace(peft_config, exclude_modules=VISION_MODULES_REGEX)
+    if peft_config is not None and config.lora_layers:
+        total = num_layers(loaded.model)
+        if config.lora_layers > total:
+            raise ValueError(f"lora_layers={config.lora_layers} but the model has {total} layers; give at most {total} (null: all)")
+        peft_config = dataclasses.replace(peft_config, layers_to_transform=list(range(total - config.lora_layers, total)))
     return peft_config
+
+
+def num_layers(model) -> int:
+    """The number of transformer layers of the language model (``num_hidden_layers``; a VLM's ``text_config``'s)."""
+    config = model.config
+    config = getattr(config, "text_config", None) or config
+    return int(config.num_hidden_layers)
 
 
 def training_processor(processor, prefix: str):

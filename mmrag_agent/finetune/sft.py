@@ -93,6 +93,10 @@ def sft_dataset(records: Sequence[dict], targets: Sequence[str], prefix: str = "
     completion is the whole assistant turn, ``prefix + target``: the trained tokens are then exactly the GRPO
     prompt (which ends with ``prefix``) followed by the target, as serving sees them.
 
+    Records with unequal ``weight`` (stage 1 with every candidate: class-balancing weights) are balanced by
+    sampling instead, as ``SFTTrainer`` takes no weights: each record appears ``round(weight / smallest weight)``
+    times, so every negative is seen once per epoch and each positive as often as the classes' ratio.
+
     Args:
         records: Training records (``prompt``, and ``images`` where images are shown).
         targets: Gold-formatted completions after ``prefix`` (:func:`stage1_target`, :func:`stage2_target`).
@@ -100,12 +104,13 @@ def sft_dataset(records: Sequence[dict], targets: Sequence[str], prefix: str = "
     """
     from .datasets import to_dataset
 
+    smallest = min((float(r.get("weight", 1.0)) for r in records), default=1.0)
     rows = []
     for record, target in zip(records, targets, strict=True):
         row = {"prompt": record["prompt"], "completion": [{"role": "assistant", "content": prefix + target}]}
         if "images" in record:
             row["images"] = record["images"]
-        rows.append(row)
+        rows += [row] * max(1, round(float(record.get("weight", 1.0)) / smallest))
     dataset = to_dataset(rows)
     if "images" in dataset.column_names and all(not imgs for imgs in dataset["images"]):
         dataset = dataset.remove_columns("images")  # a text-only set: no image processing at all
@@ -113,13 +118,14 @@ def sft_dataset(records: Sequence[dict], targets: Sequence[str], prefix: str = "
 
 
 def sft_warm_start(model, processing_class, dataset, config, peft_config=None, output_dir: str | None = None):
-    """Train ``model`` for ``config.sft_max_steps`` steps of SFT on ``dataset`` (completion-only loss).
+    """Train ``model`` for ``config.sft_epochs`` whole passes over ``dataset`` (else ``config.sft_max_steps`` steps) of
+    SFT (completion-only loss).
 
     Args:
         model: The starting model (a ``PeftModel`` to continue an adapter, or a plain model).
         processing_class: Its *original* tokenizer / processor (no pre-filled prefix in the template).
         dataset: From :func:`sft_dataset`.
-        config: The stage config: ``sft_max_steps``, ``sft_learning_rate``, ``sft_batch_size``, precision,
+        config: The stage config: ``sft_epochs``, ``sft_max_steps``, ``sft_learning_rate``, ``sft_batch_size``, precision,
             ``seed``, ``activation_checkpointing``, ``progress_bar`` and the device settings are read from it.
         peft_config: A ``LoraConfig`` to create a fresh adapter (None: train ``model`` as it is).
         output_dir: Where SFTTrainer may write (logs); nothing is saved there by this function.
@@ -129,11 +135,15 @@ def sft_warm_start(model, processing_class, dataset, config, peft_config=None, o
     """
     from trl import SFTConfig, SFTTrainer
 
+    batch = config.sft_batch_size or config.per_device_train_batch_size
+    epochs = config.sft_epochs > 0
+    steps = max(1, round(len(dataset) * config.sft_epochs / batch)) if epochs else config.sft_max_steps
     args = SFTConfig(
-        output_dir=output_dir or f"{config.output_dir}/sft-run", max_steps=config.sft_max_steps,
-        per_device_train_batch_size=config.sft_batch_size or config.per_device_train_batch_size,
-        learning_rate=config.sft_learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, config.sft_max_steps // 5),
-        logging_steps=max(1, config.sft_max_steps // 10), save_strategy="no", report_to="none", seed=config.seed,
+        output_dir=output_dir or f"{config.output_dir}/sft-run", max_steps=-1 if epochs else steps,
+        num_train_epochs=config.sft_epochs if epochs else 1, per_device_train_batch_size=batch,
+        learning_rate=config.sft_learning_rate, lr_scheduler_type="linear" if epochs else "constant_with_warmup",
+        warmup_steps=max(1, steps // 20) if epochs else min(5, steps // 5),
+        logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", seed=config.seed,
         bf16=config.bf16, fp16=config.fp16, use_cpu=config.use_cpu, activation_checkpointing=config.activation_checkpointing,
         max_length=None, completion_only_loss=True, remove_unused_columns=True, disable_tqdm=True,
         ddp_find_unused_parameters=config.ddp_find_unused_parameters, dataloader_pin_memory=config.dataloader_pin_memory,

@@ -70,6 +70,12 @@ class StageRun:
         held_out: The held-out examples.
         data_info: Data files, split and counts (for the model card).
         callbacks: More trainer callbacks.
+        warm_start: A warm start replacing TRL's ``SFTTrainer`` on ``records`` + ``targets``:
+            ``warm_start(model, peft_config, output_dir) -> (model, log_history)`` (stage 1: shared prefixes).
+        select_records: Chooses GRPO's records with the warm-started policy: ``select_records(loaded) -> (records,
+            info)`` (stage 1: dynamic sampling); None: GRPO takes ``records``.
+        finish_card: Completes the model card before it is written: ``finish_card(card, trainer)`` (stage 1: the
+            fitted fusion).
     """
 
     config: StageConfig
@@ -85,6 +91,9 @@ class StageRun:
     held_out: list
     data_info: dict
     callbacks: list = field(default_factory=list)
+    warm_start: Callable[..., tuple[Any, list[dict]]] | None = None
+    select_records: Callable[[Any], tuple[list[dict], dict]] | None = None
+    finish_card: Callable[[ModelCard, Any], None] | None = None
 
 
 def run_stage(run: StageRun) -> TrainResult:
@@ -98,9 +107,19 @@ def run_stage(run: StageRun) -> TrainResult:
     history = load_held_out_history(out, run.resume)
     if evaluating and not run.resume:
         append_held_out(history, out / "held_out.jsonl", 0, "initial", run.evaluate(run.start.loaded.model))
+    run.data_info.setdefault("train_records", len(run.records))
     warm, peft_config = _warm_start(run, history, evaluating)
+    prompts: dict[str, Any] = {"records": len(run.records), "selection": None}
+    if run.select_records is not None and not run.resume:
+        began = time.perf_counter()
+        run.records, info = run.select_records(run.start.loaded)
+        prompts.update(records=len(run.records), selection={**info, "seconds": round(time.perf_counter() - began, 2)})
+        logger.info("GRPO prompts: %d of a pool of %d, predicted zero-variance groups %.3f (pool %.3f)", info["kept"], info["pool"],
+                    info["predicted_zero_std_kept"], info["predicted_zero_std_pool"])
+    began = time.perf_counter()
     trainer = _grpo(run, history, evaluating, peft_config)
-    card = _finish(run, trainer, warm, history)
+    prompts["seconds"] = round(time.perf_counter() - began, 2)
+    card = _finish(run, trainer, warm, history, prompts)
     return TrainResult(out, card, list(trainer.state.log_history), history, trainer)
 
 
@@ -127,17 +146,24 @@ def _warm_start(run: StageRun, history: list[dict], evaluating: bool) -> tuple[d
     if "probe" in warm:
         logger.info("format probe: %.3f of %d sampled completions in format (threshold %g): %s", warm["probe"]["format_rate"],
                     warm["probe"]["n"], config.format_probe_threshold,
-                    f"SFT warm start for {config.sft_max_steps} steps" if runs else "no warm start needed")
+                    "SFT warm start" if runs else "no warm start needed")
     if not runs:
         return warm, peft_config
     began = time.perf_counter()
-    dataset = sft_dataset(run.records, run.targets, prefix=config.assistant_prefix)  # completions: prefix + target
-    model, sft_logs = sft_warm_start(run.start.loaded.model, run.start.loaded.processor, dataset, config, peft_config,
-                                     output_dir=str(out / "sft-run"))
+    if run.warm_start is not None:
+        model, sft_logs = run.warm_start(run.start.loaded.model, peft_config, str(out / "sft-run"))
+        warm["trainer"] = "shared-prefix"
+    else:
+        dataset = sft_dataset(run.records, run.targets, prefix=config.assistant_prefix)  # completions: prefix + target
+        model, sft_logs = sft_warm_start(run.start.loaded.model, run.start.loaded.processor, dataset, config, peft_config,
+                                         output_dir=str(out / "sft-run"))
+        warm.update(trainer="trl.SFTTrainer", sequences_per_epoch=len(dataset))
     run.start = save_warm_start(config, out, run.start, model)
     shutil.rmtree(out / "sft-run", ignore_errors=True)
-    warm.update(ran=True, steps=config.sft_max_steps, learning_rate=config.sft_learning_rate,
-                seconds=round(time.perf_counter() - began, 2), loss=[h["loss"] for h in sft_logs if "loss" in h])
+    end = next((h for h in reversed(sft_logs) if "train_runtime" in h), {})
+    warm.update(ran=True, steps=max((int(h.get("step", 0)) for h in sft_logs), default=0), epochs=end.get("epoch"),
+                learning_rate=config.sft_learning_rate, seconds=round(time.perf_counter() - began, 2),
+                loss=[h["loss"] for h in sft_logs if "loss" in h])
     if PartialState().is_main_process:
         (out / "sft" / "warm_start.json").write_text(json.dumps(warm, indent=2, default=str))
     if evaluating:
@@ -191,7 +217,7 @@ def _grpo_args(config: StageConfig, funcs: list, weights: list[float] | None) ->
     return args
 
 
-def _finish(run: StageRun, trainer, warm: dict, history: list[dict]) -> ModelCard | None:
+def _finish(run: StageRun, trainer, warm: dict, history: list[dict], prompts: dict | None = None) -> ModelCard | None:
     """Save the model and the original processor; write logs, curves and ``model_card.json`` (rank 0)."""
     from trl.trainer.utils import get_callable_name
 
@@ -209,11 +235,13 @@ def _finish(run: StageRun, trainer, warm: dict, history: list[dict]) -> ModelCar
     held_out = _strip(history[-1]) if history else None
     card = serving_card(config, start)
     card.metrics = held_out or {}
-    card.training = {"init_from": start.init_from, "data": {**run.data_info, "train_records": len(run.records)},
+    card.training = {"init_from": start.init_from, "data": {"train_records": len(run.records), **run.data_info},
                      "rewards": [{"name": get_callable_name(f), "weight": w} for f, w in zip(run.reward_funcs, weights)],
-                     "steps": trainer.state.global_step, "sft_warm_start": warm,
+                     "steps": trainer.state.global_step, "sft_warm_start": warm, "grpo_prompts": prompts or {},
                      "final_metrics": {"train": train_summary(logs), "held_out": held_out},
                      "held_out_history": history, "config": config.stage_summary()}
+    if run.finish_card is not None:
+        run.finish_card(card, trainer)
     write_model_card(out, card)
     return card
 

@@ -33,10 +33,13 @@ from typing import Any, Callable, Sequence
 
 from ..models.loading import LoadedModel
 from ..schema import DatasetError, read_rerank_examples
-from .callbacks import evaluate_in_chunks
+from .callbacks import ProgressBarCallback, evaluate_in_chunks
 from .config import Stage1Config, Stage2Config, StageConfig
 from .datasets import split_by_question, stage1_records, stage2_records
-from .evaluation import evaluate_stage1, evaluate_stage2
+from .evaluation import evaluate_stage2, score_stage1, stage1_metrics
+from .fusion import first_stage_retrievers, fit_fusion
+from .shared_prefix import question_groups, shared_prefix_warm_start
+from .signal import select_signal_records
 from .policy import as_loaded, load_start_model, stage2_start
 from .rewards import (
     stage1_accuracy_reward, stage1_format_reward, stage2_answer_reward, stage2_format_reward, stage2_rank_reward,
@@ -67,6 +70,13 @@ def stage2_rewards(config: Stage2Config) -> tuple[list[Callable], list[float]]:
 def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Stage-1 GRPO: point-wise yes/no relevance with format + gated accuracy rewards (SPEC §3).
 
+    The recipe (each step measured on held-out questions, README "Real learning on this CPU"): every candidate of
+    every training question with class-balancing weights (``training_candidates="all"``); the SFT warm start over
+    whole epochs with shared prefixes (``sft_epochs``, ``sft_shared_prefix``); GRPO on the prompts most likely to
+    give groups with reward variance (``grpo_pool_factor``); then the fusion weight with the first-stage retriever,
+    cross-fitted on the held-out questions (``first_stage``, ``fusion_folds``) and written to ``card.fusion``. The
+    held-out candidates are shuffled (seed ``split_seed``) so that no ranking inherits the file's order.
+
     Args:
         config: The run (data, model, output_dir, LoRA / full, GRPO settings ...).
         reward_funcs: Replace the reward functions (TRL signature); weighted by ``config.reward_weights``
@@ -80,36 +90,74 @@ def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None =
         mmrag_agent.schema.DatasetError: A data file is not valid (nothing has been written then).
         FileNotFoundError: A data file does not exist.
     """
+    from ..eval.rerank import shuffle_candidates
+
     # 1. Data, read and checked before anything is written: a train / held-out split by question
     train_examples, held_out, data_info = load_examples(config)
+    held_out = shuffle_candidates(held_out, seed=config.split_seed)
+    retrievers = first_stage_retrievers(config.first_stage, str(config.device)) if held_out else {}  # fail fast if missing
     out, resume = resolve_output(config)
 
-    # 2. Starting model; balanced (query, candidate, yes|no) units with hard negatives
+    # 2. Starting model; point-wise (query, candidate, yes|no) units: every candidate, or 1:1 sampled negatives
     start = load_start_model(config, config.model_name_or_path, out, resume)
     with_images = _with_images(config, start.loaded)
+    every = config.training_candidates == "all"
     records = _images_as_lists(stage1_records(
-        train_examples, config.negatives_per_positive, config.seed, with_images, config.reasoning, data_file=config.data,
-        tokenizer=start.loaded.tokenizer, max_text_tokens=config.max_text_tokens))
+        train_examples, None if every else config.negatives_per_positive, config.seed, with_images, config.reasoning,
+        data_file=config.data, tokenizer=start.loaded.tokenizer, max_text_tokens=config.max_text_tokens))
+    targets = [stage1_target(r, config.reasoning, config.assistant_prefix) for r in records]
 
     # 3. Rewards: format and format-gated accuracy, weighted by TRL (each logged as rewards/<name>/mean)
     funcs, weights = stage1_rewards(config) if reward_funcs is None else (list(reward_funcs), config.reward_weights)
 
-    # 4. Held-out evaluation: stage-1 P(relevant) ranking of each held-out query's candidates (P@1, MRR, ...)
+    # 4. Held-out evaluation: stage-1 P(relevant) ranking of each held-out query's candidates (P@1, MRR, ...); the
+    #    probabilities of the latest evaluation are kept: the fusion weight is fitted on the final model's
     eval_file = config.eval_data or config.data
     card = serving_card(config, start)  # the prompt settings serving will use, evaluated as such
+    latest: dict[str, Any] = {}
 
     @_timed
     def evaluate(model) -> dict:
-        loaded = as_loaded(model, start.loaded)
-        return evaluate_in_chunks(
-            lambda chunk: evaluate_stage1(loaded, chunk, card, config.eval_batch_size, eval_file, with_images),
-            held_out, chunk_size=1, desc="held-out evaluation", progress=config.progress_bar)
+        loaded, rows = as_loaded(model, start.loaded), []
 
-    # 5. Format probe and SFT warm start on gold-formatted targets, GRPO, output directory
+        def chunk(examples):
+            part = score_stage1(loaded, examples, card, config.eval_batch_size, eval_file, with_images)
+            rows.extend(part)
+            return stage1_metrics(part)
+
+        metrics = evaluate_in_chunks(chunk, held_out, chunk_size=1, desc="held-out evaluation", progress=config.progress_bar)
+        latest["rows"] = rows
+        return metrics
+
+    # 5. The warm start with shared prefixes (text models), GRPO's prompts by predicted signal, the fitted fusion
+    def shared_warm_start(model, peft_config, output_dir):
+        groups = question_groups(records, targets, start.loaded.processor, config.assistant_prefix)
+        bars = [ProgressBarCallback(desc="stage 1 SFT warm start")] if config.progress_bar else []
+        return shared_prefix_warm_start(model, start.loaded.tokenizer, groups, config, peft_config, output_dir, bars)
+
+    def select(loaded):
+        return select_signal_records(loaded, records, card, _grpo_prompts(config), config.grpo_pool_factor,
+                                     config.num_generations, config.temperature, config.seed, config.eval_batch_size)
+
+    def finish(final_card, trainer):
+        if not held_out:
+            return
+        began = time.perf_counter()
+        history = final_card.training.get("held_out_history") or []
+        rows = latest.get("rows") if history and history[-1]["phase"] == "final" else None  # the final model's scores
+        if rows is None:  # no evaluation of the final model ran: score the held-out questions now
+            rows = score_stage1(as_loaded(trainer.model, start.loaded), held_out, card, config.eval_batch_size, eval_file, with_images)
+        final_card.fusion = fit_fusion(rows, held_out, config.first_stage, retrievers, config.fusion_folds, config.fusion_metric,
+                                       seed=config.split_seed)
+        final_card.training["fusion_seconds"] = round(time.perf_counter() - began, 2)
+
+    shared = config.sft_shared_prefix and not start.loaded.is_vision
+    selecting = config.grpo_pool_factor > 0 and config.max_steps > 0 and not config.reasoning
     return run_stage(StageRun(
-        config=config, out=out, resume=resume, start=start, records=records,
-        targets=[stage1_target(r, config.reasoning, config.assistant_prefix) for r in records], reward_funcs=funcs,
-        reward_weights=weights, evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks),
+        config=config, out=out, resume=resume, start=start, records=records, targets=targets, reward_funcs=funcs,
+        reward_weights=weights, evaluate=evaluate, held_out=held_out, data_info=data_info,
+        callbacks=list(callbacks), warm_start=shared_warm_start if shared else None, select_records=select if selecting else None,
+        finish_card=finish,
         format_reward=functools.partial(stage1_format_reward, reasoning=config.reasoning, prefix=config.assistant_prefix)))
 
 
@@ -238,6 +286,14 @@ def _import_callable(path: str) -> Callable:
     if not name:
         raise ValueError(f"reward function {path!r}: write it as 'package.module:function'")
     return getattr(importlib.import_module(module), name)
+
+
+def _grpo_prompts(config: StageConfig) -> int:
+    """Prompts GRPO takes over ``max_steps`` (each prompt gets ``num_generations`` completions)."""
+    from accelerate import PartialState
+
+    completions = config.max_steps * config.per_device_train_batch_size * config.gradient_accumulation_steps
+    return max(1, completions * PartialState().num_processes // config.num_generations)
 
 
 def _timed(evaluate: Callable[[Any], dict]) -> Callable[[Any], dict]:
