@@ -2,11 +2,12 @@
 
     .venv/bin/python examples/train_from_examples.py                 # the recipe (defaults), both stages
     .venv/bin/python examples/train_from_examples.py --smoke         # a few steps and questions: the pipeline end to end
-    .venv/bin/python examples/train_from_examples.py --data ../shared/data/mmqa-image/train.jsonl
+    .venv/bin/python examples/train_from_examples.py --data mmqa-image/train.jsonl   # larger data, same format
 
-Data: ``--data`` (rerank-example JSONL), by default ``../shared/data/mmqa-image/train.jsonl`` (606 MultimodalQA
-questions over image candidates given by their Wikipedia titles) when present, else the bundled
-``examples/rerank-example.jsonl``; split by question with seed 0 into train (80%) and held-out (20%). Model:
+Data: ``--data`` (rerank-example JSONL, see the README's "Rerank-example format"), by default the bundled
+``examples/rerank-example.jsonl`` (24 questions: the recipe end to end, not a measurement); the README's numbers
+come from 606 MultimodalQA image questions (Wikipedia titles) converted with ``mmrag_agent.finetune.builders``.
+Split by question with seed 0 into train (80%) and held-out (20%). Model:
 SmolLM2-135M-Instruct (the offline ``smollm2`` preset) with LoRA (r 16, alpha 32, attention + MLP projections).
 
 Stage 1, the recipe (README, "Real learning on this CPU"), held-out P@1 / MRR after each phase:
@@ -20,7 +21,7 @@ Stage 1, the recipe (README, "Real learning on this CPU"), held-out P@1 / MRR af
 4. the fusion weight with the first-stage retriever (``--first-stage``, default all-MiniLM-L6-v2), cross-fitted on
    the held-out questions and written to the model card.
 
-Stage 2 starts from the stage-1 adapter with K = 5 candidates (SPEC §4): a warm start over whole epochs of a subset
+Stage 2 starts from the stage-1 adapter with K = 5 candidates: a warm start over whole epochs of a subset
 of the training questions, a few GRPO steps, then format rate, rank metrics, source F1 and answer F1 of unconstrained
 greedy completions before and after. Finally the pipeline (fused stage 1, then stage 2) on held-out questions.
 
@@ -40,13 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data" / "mmqa-image" / "train.jsonl"
 BUNDLED_DATA = ROOT / "examples" / "rerank-example.jsonl"
-
-
-def default_data() -> Path | None:
-    """The shared MultimodalQA file when present, else the bundled example file when present, else None."""
-    return next((p for p in (SHARED_DATA, BUNDLED_DATA) if p.is_file()), None)
 
 
 def auto_threads() -> int:
@@ -58,7 +53,7 @@ def auto_threads() -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, default=None, help=f"Rerank examples (JSONL). Default: {SHARED_DATA} if present, else {BUNDLED_DATA}.")
+    p.add_argument("--data", type=Path, default=BUNDLED_DATA, help="Rerank examples (JSONL). Default: the bundled examples/rerank-example.jsonl.")
     p.add_argument("--model", default="smollm2", help="Base model.")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "train-from-examples", help="Output folder.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the idle cores, see auto_threads).")
@@ -78,14 +73,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--first-stage", default="embedding", choices=["embedding", "bm25", "none"], help="Retriever the fusion weight is fitted against.")
     p.add_argument("--eval-queries", type=int, default=None, help="Held-out questions for stage 1 (default: all of the 20%%).")
     # stage 2
-    p.add_argument("--stage2-k", type=int, default=5, help="Stage-2 candidates per prompt (SPEC: 5).")
+    p.add_argument("--stage2-k", type=int, default=5, help="Stage-2 candidates per prompt (the method's 5).")
     p.add_argument("--stage2-train-queries", type=int, default=120, help="Training questions of the stage-2 warm start and GRPO.")
     p.add_argument("--stage2-sft-epochs", type=float, default=1.0, help="Stage-2 warm start: whole passes over its questions (one order each).")
     p.add_argument("--stage2-steps", type=int, default=6, help="Stage-2 GRPO steps (0: skip stage 2).")
     p.add_argument("--stage2-generations", type=int, default=4, help="Stage-2 completions per prompt.")
-    p.add_argument("--stage2-max-tokens", type=int, default=96, help="Stage-2 completion budget (SPEC default 256).")
+    p.add_argument("--stage2-max-tokens", type=int, default=96, help="Stage-2 completion budget (the method's default 256).")
     p.add_argument("--stage2-eval-queries", type=int, default=60, help="Held-out questions for stage 2 (one greedy generation each).")
     p.add_argument("--pipeline-queries", type=int, default=60, help="Held-out questions for the pipeline evaluation (0: skip).")
+    p.add_argument("--verbose", action="store_true", help="Keep the libraries' warnings, logs and loading bars.")
     p.add_argument("--smoke", action="store_true", help="A few steps and questions: proves the pipeline end to end.")
     args = p.parse_args(argv)
     if args.smoke:
@@ -96,19 +92,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.data = args.data or default_data()
-    if args.data is None or not Path(args.data).is_file():
-        print(f"no data: {args.data or SHARED_DATA} not found (and no {BUNDLED_DATA}); pass --data FILE.jsonl", file=sys.stderr)
+    if not Path(args.data).is_file():
+        print(f"--data: {args.data} not found; pass a rerank-example JSONL file (README, \"Rerank-example format\")", file=sys.stderr)
         return 2
     threads = args.threads or auto_threads()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mmrag_agent.finetune").setLevel(logging.INFO)
+    from mmrag_agent.cli.common import quiet_libraries, set_verbose
+
+    set_verbose(args.verbose)
+    quiet_libraries("mmrag_agent.finetune")  # the libraries' warnings and loading bars only with --verbose
     import datasets
     import torch
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
     torch.set_num_threads(threads)
     from mmrag_agent.finetune import Stage1Config, Stage2Config, train_stage1, train_stage2

@@ -1,4 +1,4 @@
-"""Prompts of the two stages (SPEC §2–4), built here for training, held-out evaluation and serving alike.
+"""Prompts of the two stages, built here for training, held-out evaluation and serving alike.
 
 A candidate is shown as a :class:`CandidateView`: its image (for vision-language models) followed by its text
 surrogate, or its text with its title. :func:`candidate_view` makes one from a rerank example's candidate
@@ -137,7 +137,7 @@ def stage1_messages(query: str, candidate: CandidateView, with_image: bool, toke
 
 
 # ------------------------------------------------------------------------------------------- stage 2
-# The query and K numbered candidates; the model thinks, ranks and answers (SPEC §1.3, §4):
+# The query and K numbered candidates; the model thinks, ranks and answers:
 #     <think> which candidates matter and how the answer follows </think>
 #     <rank>[3] > [1]</rank>
 #     <answer> the answer, citing candidates as [3] </answer>

@@ -1,4 +1,4 @@
-"""Answer metrics (SPEC §6): MultimodalQA list EM/F1, WebQA keyword accuracy by ``Qcate``, and token F1.
+"""Answer metrics: MultimodalQA list EM/F1, WebQA keyword accuracy by ``Qcate``, and token F1.
 
 Sources followed, line by line (pure-Python re-implementations; no dependency on the original packages):
 

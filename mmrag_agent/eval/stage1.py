@@ -14,7 +14,7 @@ from .baselines import Reranker, make_reranker, register_reranker
 
 
 class Stage1Reranker(Reranker):
-    """Ranks candidates by the stage-1 P(relevant) (SPEC §1.2), with the prompt of the model's card; optionally
+    """Ranks candidates by the stage-1 P(relevant), with the prompt of the model's card; optionally
     fused with a first-stage retriever's scores on the same candidates (:func:`mmrag_agent.inference.fusion.fuse`),
     as :class:`~mmrag_agent.postprocessors.Stage1RelevanceFilter` ranks in use.
 

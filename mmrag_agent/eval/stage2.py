@@ -32,7 +32,7 @@ class Stage2Reranker(Reranker):
     Args:
         model: Model of both stages (default ``"smollm2"``), or an already loaded model.
         pipeline: Run stage 1 first and show stage 2 its ``keep`` best candidates.
-        keep: Candidates shown to stage 2 (SPEC default K = 5; None: the model card's).
+        keep: Candidates shown to stage 2 (the method's default K = 5; None: the model card's).
         data_file: The JSONL the examples come from (resolves relative ``image_path``).
         device: Torch device.
         dtype: Model dtype.

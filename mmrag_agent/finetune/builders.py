@@ -1,4 +1,4 @@
-"""Convert WebQA and MultimodalQA into rerank-example JSONL (SPEC §5), the input of both training stages.
+"""Convert WebQA and MultimodalQA into rerank-example JSONL, the input of both training stages.
 
 Source formats (field names as published by the datasets' authors):
 

@@ -3,7 +3,7 @@ progress bar (:func:`evaluate_in_chunks`) and the curves PNG.
 
 TRL's ``GRPOTrainer`` logs, every ``logging_steps``: ``reward`` (the weighted total), ``reward_std``,
 ``frac_reward_zero_std`` (the fraction of prompt groups whose completions all got the same reward, i.e.
-that teach nothing: SPEC §3 wants it visible), and ``rewards/<function>/mean`` per reward function. The
+that teach nothing: the method wants it visible), and ``rewards/<function>/mean`` per reward function. The
 mean of the stage's format reward is the **format rate**. These callbacks read those logs.
 """
 

@@ -17,7 +17,7 @@ Why this shape (TRL's own building blocks, used as TRL's scripts use them):
   leaves to its caller: one-line errors, and unknown fields named with the closest real ones.
   ``HfArgumentParser`` alone has no ``--config`` file; TRL's parser has, so it is the one used.
 
-On top of TRL the stage configs add the fields of SPEC §3–4 (data, held-out split, K, permutations, negatives,
+On top of TRL the stage configs add the fields of the method (data, held-out split, K, permutations, negatives,
 reward weights, SFT warm start and its format probe, assistant prefix, reasoning mode, image resolution,
 held-out evaluation), each with ``help`` metadata, and change a few defaults: ``beta`` 0.04 (TRL: 0.0), LoRA on
 (``use_peft``) over the attention and MLP projections, the learning rate 1e-5 with LoRA / 1e-6 for full
@@ -75,10 +75,10 @@ class StageConfig(GRPOConfig, ModelConfig):
 
     stage: ClassVar[int] = 0
 
-    # ---- overridden TRL / transformers defaults (SPEC §4)
+    # ---- overridden TRL / transformers defaults
     learning_rate: float | None = field(default=None, metadata=_help(
-        "AdamW learning rate. Default (null): 1e-5 with LoRA, 1e-6 for full fine-tuning (SPEC §4)."))
-    beta: float = field(default=0.04, metadata=_help("KL coefficient against the reference policy (SPEC §4: 0.04; TRL's default is 0.0)."))
+        "AdamW learning rate. Default (null): 1e-5 with LoRA, 1e-6 for full fine-tuning."))
+    beta: float = field(default=0.04, metadata=_help("KL coefficient against the reference policy (the method's 0.04; TRL's default is 0.0)."))
     max_completion_length: int | None = field(default=None, metadata=_help(
         "Most tokens generated per completion. Default (null): stage 1 16 (256 with reasoning), stage 2 256."))
     logging_steps: float = field(default=1, metadata=_help("Log every N optimizer steps (1: every step reaches the curves)."))
@@ -87,7 +87,7 @@ class StageConfig(GRPOConfig, ModelConfig):
     dataloader_pin_memory: bool | None = field(default=None, metadata=_help(
         "Pin data-loader memory. Default (null): only when training on a CUDA device (pinning needs one)."))
 
-    # ---- model and LoRA (trl.ModelConfig fields; defaults changed where SPEC §4 differs)
+    # ---- model and LoRA (trl.ModelConfig fields; defaults changed where the method differs)
     model_name_or_path: str | None = field(default=None, metadata=_help(
         "Base model: hub id, directory, .gguf, PEFT adapter directory or 'smollm2' (stage 1 default: 'smollm2')."))
     dtype: str = field(default="auto", metadata=_help(
@@ -110,7 +110,7 @@ class StageConfig(GRPOConfig, ModelConfig):
     split_seed: int = field(default=0, metadata=_help("Seed of the train / held-out split by question."))
     max_train_queries: int | None = field(default=None, metadata=_help("Use at most this many training questions (null: all)."))
     max_eval_queries: int | None = field(default=None, metadata=_help("Evaluate on at most this many held-out questions (null: all)."))
-    max_text_tokens: int = field(default=256, metadata=_help("Token budget of each candidate's text in a prompt (SPEC §2)."))
+    max_text_tokens: int = field(default=256, metadata=_help("Token budget of each candidate's text in a prompt."))
     with_images: bool | None = field(default=None, metadata=_help(
         "Show image candidates' pixels. Default (null): when the model is a vision-language model."))
     max_pixels: int = field(default=448 * 448, metadata=_help("Upper bound on an image's area (Qwen-VL processors)."))
@@ -123,13 +123,13 @@ class StageConfig(GRPOConfig, ModelConfig):
         "and for stage 2. An empty string: no prefix."))
 
     # ---- rewards
-    format_weight: float = field(default=0.1, metadata=_help("Weight of the format reward (SPEC: 0.1)."))
+    format_weight: float = field(default=0.1, metadata=_help("Weight of the format reward (the method's 0.1)."))
     extra_reward_funcs: list[str] | None = field(default=None, metadata=_help(
         "More reward functions as 'package.module:function' import paths, TRL signature f(completions, **columns)."))
     extra_reward_weights: list[float] | None = field(default=None, metadata=_help(
         "Weights of extra_reward_funcs (default: 1.0 each)."))
 
-    # ---- SFT warm start and its format probe (SPEC §3)
+    # ---- SFT warm start and its format probe
     sft_warm_start: str = field(default="auto", metadata=_help(
         "Supervised warm start on gold-formatted targets before GRPO: auto (when the format probe fails), on, off.",
         choices=["auto", "on", "off"]))
@@ -284,10 +284,10 @@ class StageConfig(GRPOConfig, ModelConfig):
 
 @dataclass
 class Stage1Config(StageConfig):
-    """Stage-1 GRPO (point-wise yes/no relevance, SPEC §3) on top of ``trl.GRPOConfig`` and ``trl.ModelConfig``.
+    """Stage-1 GRPO (point-wise yes/no relevance) on top of ``trl.GRPOConfig`` and ``trl.ModelConfig``.
 
     Every ``GRPOConfig`` field applies; the stage fields are documented in their ``help`` metadata.
-    Rewards: ``accuracy_weight * relevance_accuracy + format_weight * format`` (gated accuracy, SPEC §3),
+    Rewards: ``accuracy_weight * relevance_accuracy + format_weight * format`` (gated accuracy),
     given to TRL as two reward functions with ``reward_weights``, so that TRL logs each one (the mean of
     the format reward is the format rate).
 
@@ -301,11 +301,11 @@ class Stage1Config(StageConfig):
     training_candidates: str = field(default="all", metadata=_help(
         "all: every candidate of every training question, the classes balanced by loss weights (the shared-prefix "
         "warm start) or by repeating positives (otherwise); sampled: the positives plus negatives_per_positive "
-        "sampled negatives each (SPEC §3's 1:1).", choices=["all", "sampled"]))
+        "sampled negatives each (the method's 1:1).", choices=["all", "sampled"]))
     negatives_per_positive: int = field(default=1, metadata=_help(
-        "Hard negatives sampled per positive with training_candidates=sampled (SPEC §3: 1:1)."))
+        "Hard negatives sampled per positive with training_candidates=sampled (the method's 1:1)."))
     reasoning: bool = field(default=False, metadata=_help("Ask for <think>...</think> before <answer>yes|no</answer>."))
-    accuracy_weight: float = field(default=1.0, metadata=_help("Weight of the gated relevance-accuracy reward (SPEC: 1.0)."))
+    accuracy_weight: float = field(default=1.0, metadata=_help("Weight of the gated relevance-accuracy reward (the method's 1.0)."))
     sft_shared_prefix: bool = field(default=True, metadata=_help(
         "Text models: the warm start runs each question once with all its candidates, the tokens they share (system "
         "prompt, instruction, question) computed once per question (the same loss as TRL's SFTTrainer, with class "
@@ -355,7 +355,7 @@ class Stage1Config(StageConfig):
 
 @dataclass
 class Stage2Config(StageConfig):
-    """Stage-2 GRPO (list-wise rank + answer with reasoning, SPEC §4) on top of ``trl.GRPOConfig`` and ``trl.ModelConfig``.
+    """Stage-2 GRPO (list-wise rank + answer with reasoning) on top of ``trl.GRPOConfig`` and ``trl.ModelConfig``.
 
     The policy starts from the stage-1 output (``stage1_output``: its adapter or full model) unless
     ``init_from="base"``; the base model is ``model_name_or_path`` or, when unset, the base the stage-1 output was
@@ -372,10 +372,10 @@ class Stage2Config(StageConfig):
     stage1_output: str | None = field(default=None, metadata=_help("Output directory of stage-1 training to start from."))
     init_from: str = field(default="stage1", metadata=_help(
         "stage1: start from stage1_output (when given); base: start from the base model.", choices=["stage1", "base"]))
-    k: int = field(default=5, metadata=_help("Candidates per prompt, K (SPEC §4: 5)."))
-    permutations: int = field(default=3, metadata=_help("Shuffled candidate orders per question (SPEC §4: 3)."))
-    rank_weight: float = field(default=1.0, metadata=_help("Weight of the rank-quality reward (SPEC: 1.0)."))
-    answer_weight: float = field(default=1.0, metadata=_help("Weight of the answer-accuracy reward (SPEC: 1.0)."))
+    k: int = field(default=5, metadata=_help("Candidates per prompt, K (the method's 5)."))
+    permutations: int = field(default=3, metadata=_help("Shuffled candidate orders per question (the method's 3)."))
+    rank_weight: float = field(default=1.0, metadata=_help("Weight of the rank-quality reward (the method's 1.0)."))
+    answer_weight: float = field(default=1.0, metadata=_help("Weight of the answer-accuracy reward (the method's 1.0)."))
     answers_are_list: bool = field(default=False, metadata=_help(
         "Score several gold answers as one list answer (MultimodalQA list questions) instead of alternatives."))
 

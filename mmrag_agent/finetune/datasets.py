@@ -1,4 +1,4 @@
-"""Training sets of the two GRPO stages built from rerank examples (SPEC §3–4), in TRL's conversational format.
+"""Training sets of the two GRPO stages built from rerank examples, in TRL's conversational format.
 
 * :func:`split_by_question`: a deterministic train / held-out split by qid (no query in both).
 * :func:`stage1_units` / :func:`stage1_records`: point-wise units ``(query, candidate, yes|no)``: every candidate of
@@ -93,7 +93,7 @@ def split_by_question(examples: Sequence[RerankExample], held_out_fraction: floa
 
 
 def stage1_units(examples: Sequence[RerankExample], negatives_per_positive: int | None = 1, seed: int = 0) -> list[Stage1Unit]:
-    """Stage-1 units of the questions that have a positive (SPEC §3), the classes balanced one of two ways.
+    """Stage-1 units of the questions that have a positive, the classes balanced one of two ways.
 
     * ``negatives_per_positive=N`` (balanced by sampling): every positive of a query, plus ``min(len(positives) * N,
       #non-positives)`` hard negatives sampled without replacement from its other candidates; weight 1.0 each.
@@ -177,7 +177,7 @@ def stage1_records(examples: Sequence[RerankExample], negatives_per_positive: in
 
 
 def stage2_units(examples: Sequence[RerankExample], k: int = 5, permutations: int = 3, seed: int = 0) -> list[Stage2Unit]:
-    """Stage-2 units: each query with K candidates shown in several distinct orders (SPEC §4).
+    """Stage-2 units: each query with K candidates shown in several distinct orders.
 
     Per query: up to ``k`` positives (a seeded sample when there are more), filled up to ``k`` with hard
     negatives sampled from its other candidates (fewer when the pool is smaller). The same K candidates are

@@ -89,7 +89,7 @@ def evaluate_stage2(loaded: LoadedModel, examples: Sequence, card: ModelCard, se
     The candidates are those of :func:`~mmrag_agent.finetune.datasets.stage2_units` (positives that fit plus hard
     negatives), shown in one shuffled order. Rank metrics use the parser's ``ranking`` (the shown order when
     the model ranked nothing usable: what a caller would get); ``set_f1`` uses only the ids the model ranked
-    (its cited sources, SPEC §6 retrieval F1); ``answer_f1`` is the token F1 of the answer without its
+    (its cited sources, retrieval F1); ``answer_f1`` is the token F1 of the answer without its
     citations, max over gold answers (queries without answers are skipped).
 
     Args:

@@ -4,7 +4,7 @@
   continued as a trainable adapter (LoRA) or merged into its base (full fine-tuning, reloaded from disk so
   that TRL's reference model, loaded from the policy's path, is the same weights).
 * :func:`stage2_start`: stage 2 starts from the stage-1 output (default) or the base model.
-* :func:`lora_config`: the LoRA config of ``trl.get_peft_config`` (SPEC §4: the language model's attention and
+* :func:`lora_config`: the LoRA config of ``trl.get_peft_config`` (the language model's attention and
   MLP projections), kept off the vision tower.
 * :func:`adapter_base`: the base model of a PEFT adapter directory, read with PEFT's own ``PeftConfig``.
 * :func:`training_processor`: the processing class handed to ``GRPOTrainer`` (assistant prefix in the chat

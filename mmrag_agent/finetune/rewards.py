@@ -1,4 +1,4 @@
-"""Rule-based GRPO rewards of the two stages (SPEC §3–4), with TRL's signature ``f(completions, **columns)``.
+"""Rule-based GRPO rewards of the two stages, with TRL's signature ``f(completions, **columns)``.
 
 TRL calls each reward function with ``completions`` (strings, or for conversational datasets one message
 list per completion, ``[{"role": "assistant", "content": "..."}]``) and every dataset column as a keyword
@@ -61,7 +61,7 @@ def stage1_format_reward(completions: Sequence[Any], reasoning: bool | None = No
 
 def stage1_accuracy_reward(completions: Sequence[Any], label: Sequence[Any], reasoning: bool | None = None,
                            prefix: str = "", **kwargs: Any) -> list[float]:
-    """1.0 when the yes/no equals the label, else 0.0; gated: 0.0 when the format is invalid (SPEC §3).
+    """1.0 when the yes/no equals the label, else 0.0; gated: 0.0 when the format is invalid.
 
     Args:
         completions: Completions (strings or conversational).
@@ -83,7 +83,7 @@ def stage1_accuracy_reward(completions: Sequence[Any], label: Sequence[Any], rea
 def stage1_total_reward(completions: Sequence[Any], label: Sequence[Any], accuracy_weight: float = 1.0,
                         format_weight: float = 0.1, reasoning: bool | None = None, prefix: str = "",
                         **kwargs: Any) -> list[float]:
-    """``accuracy_weight * relevance_accuracy + format_weight * format`` (SPEC §3 default: 1.0 and 0.1).
+    """``accuracy_weight * relevance_accuracy + format_weight * format`` (defaults 1.0 and 0.1).
 
     Example:
         >>> stage1_total_reward(["<answer>yes</answer>", "<answer>no</answer>", "maybe"], label=["yes"] * 3)
@@ -132,7 +132,7 @@ def stage2_format_reward(completions: Sequence[Any], prefix: str = "", **kwargs:
 
 def stage2_rank_reward(completions: Sequence[Any], gold_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[str]] | None = None,
                        k: int = 5, gated: bool = True, prefix: str = "", **kwargs: Any) -> list[float | None]:
-    """Rank quality: the mean of NDCG@K and set F1 of the ranked ids against the gold ids (SPEC §4).
+    """Rank quality: the mean of NDCG@K and set F1 of the ranked ids against the gold ids.
 
     Ids are the 1-based positions ``[n]`` of the prompt. An id out of ``1..K``, a non-numeric id, or a
     repeated id counts as wrong: it takes its place in the ranking without gain and counts as one more
@@ -176,7 +176,7 @@ def stage2_rank_reward(completions: Sequence[Any], gold_ids: Sequence[Sequence[i
 def stage2_answer_reward(completions: Sequence[Any], answers: Sequence[Sequence[str]] | None,
                          keywords: Sequence[Any] | None = None, qtype: Sequence[str | None] | None = None,
                          gated: bool = True, answers_are_list: bool = False, prefix: str = "", **kwargs: Any) -> list[float | None]:
-    """Answer accuracy of the ``<answer>`` text, with citations ``[n]`` removed (SPEC §4, §6).
+    """Answer accuracy of the ``<answer>`` text, with citations ``[n]`` removed.
 
     With keywords for the example (WebQA ``Keywords_A``): WebQA keyword accuracy for its category
     (``qtype``, ``"Others"`` when missing). Otherwise: the token F1 after normalisation, max over the gold
@@ -191,7 +191,7 @@ def stage2_answer_reward(completions: Sequence[Any], answers: Sequence[Sequence[
             finds (the first ``<answer>``, or the text after the last tag).
         answers_are_list: Read an example's several gold answers as the members of one list answer
             (MultimodalQA list questions, e.g. three actors) scored together, instead of alternatives (the
-            SPEC default: the max over them, which gives full credit for naming one member).
+            by default the max over them, which gives full credit for naming one member).
         prefix: Pre-filled assistant text put before each completion.
         **kwargs: Other columns and TRL extras (ignored).
 
@@ -235,7 +235,7 @@ def stage2_total_reward(completions: Sequence[Any], gold_ids: Sequence[Sequence[
     """Format-gated ``rank_weight * rank_quality + answer_weight * answer_accuracy`` plus ``format_weight * format``.
 
     A part that does not apply to an example (no gold ids; no answers nor keywords) is left out of its sum.
-    SPEC §4 defaults: weights 1.0, 1.0 and 0.1, so a perfect completion scores 2.1. ``candidate_ids`` / ``k``
+    by default weights 1.0, 1.0 and 0.1, so a perfect completion scores 2.1. ``candidate_ids`` / ``k``
     are as in :func:`stage2_rank_reward`; ``keywords``, ``qtype``, ``answers_are_list`` as in
     :func:`stage2_answer_reward`.
 

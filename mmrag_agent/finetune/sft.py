@@ -1,4 +1,4 @@
-"""The SFT warm start of SPEC §3: a format probe of the starting model, and a short SFT on gold-formatted targets.
+"""The SFT warm start: a format probe of the starting model, and a short SFT on gold-formatted targets.
 
 Random or small models rarely write the tag format zero-shot (SmolLM2-135M-Instruct: 0 of 96 sampled
 completions), so every GRPO group has zero reward variance and nothing is learned. :func:`format_probe`

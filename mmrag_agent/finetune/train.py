@@ -1,4 +1,4 @@
-"""GRPO training of the two stages (SPEC §3–4) on TRL's ``GRPOTrainer``: :func:`train_stage1`, :func:`train_stage2`.
+"""GRPO training of the two stages on TRL's ``GRPOTrainer``: :func:`train_stage1`, :func:`train_stage2`.
 
 Each entry point reads top to bottom: data (read and checked before anything is written) → starting model →
 training records → rewards → held-out evaluation, gathered in a :class:`~.steps.StageRun`; the shared steps
@@ -59,7 +59,7 @@ def stage1_rewards(config: Stage1Config) -> tuple[list[Callable], list[float]]:
 
 
 def stage2_rewards(config: Stage2Config) -> tuple[list[Callable], list[float]]:
-    """Stage-2 reward functions and weights: ``[format, rank quality, answer accuracy] + extras`` (SPEC §4)."""
+    """Stage-2 reward functions and weights: ``[format, rank quality, answer accuracy] + extras``."""
     prefix = config.assistant_prefix
     funcs = [functools.partial(stage2_format_reward, prefix=prefix), functools.partial(stage2_rank_reward, prefix=prefix),
              functools.partial(stage2_answer_reward, prefix=prefix, answers_are_list=config.answers_are_list)]
@@ -68,7 +68,7 @@ def stage2_rewards(config: Stage2Config) -> tuple[list[Callable], list[float]]:
 
 
 def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Stage-1 GRPO: point-wise yes/no relevance with format + gated accuracy rewards (SPEC §3).
+    """Stage-1 GRPO: point-wise yes/no relevance with format + gated accuracy rewards.
 
     The recipe (each step measured on held-out questions, README "Real learning on this CPU"): every candidate of
     every training question with class-balancing weights (``training_candidates="all"``); the SFT warm start over
@@ -162,7 +162,7 @@ def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None =
 
 
 def train_stage2(config: Stage2Config, reward_funcs: Sequence[Callable] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Stage-2 GRPO: list-wise ``<think>`` / ``<rank>`` / ``<answer>`` over K shuffled candidates (SPEC §4).
+    """Stage-2 GRPO: list-wise ``<think>`` / ``<rank>`` / ``<answer>`` over K shuffled candidates.
 
     Starts from ``config.stage1_output`` (default) or the base model (``init_from="base"``).
 

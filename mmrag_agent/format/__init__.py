@@ -3,8 +3,8 @@
 Every module that writes, rewards, evaluates, serves or shows model output imports its rules from here, so that
 training, held-out evaluation, inference and the HTML page read a completion the same way.
 
-Stage 1 (point-wise, SPEC §3) answers ``<answer>yes</answer>`` or ``<answer>no</answer>``, optionally after
-``<think>...</think>``. Stage 2 (list-wise, SPEC §1.3) writes::
+Stage 1 (point-wise) answers ``<answer>yes</answer>`` or ``<answer>no</answer>``, optionally after
+``<think>...</think>``. Stage 2 (list-wise) writes::
 
     <think>reasoning</think>
     <rank>[3] > [1]</rank>

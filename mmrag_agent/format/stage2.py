@@ -66,7 +66,7 @@ class Stage2Output:
 
 
 def stage2_format_ok(text: Any) -> bool:
-    """Whether a completion is exactly in the stage-2 format (the ``format`` reward of SPEC §4).
+    """Whether a completion is exactly in the stage-2 format (the ``format`` reward of the method).
 
     The rule: the six tags ``<think> </think> <rank> </rank> <answer> </answer>`` appear exactly once each
     (counting any spelling: ``<Answer>`` or ``< rank >`` count, and make the format invalid), in this order;
@@ -245,7 +245,7 @@ def parse_stage2_output(text: Any, num_candidates: int, fallback_order: Sequence
       range (including 0 and negatives), repeated or non-numeric (``[a]``, ``[1.5]``) are dropped;
     * when no valid id is left (or there is no ``<rank>``), ``ranking`` is ``fallback_order`` (the stage-1
       order; default ``1..K``) and ``used_fallback`` is true. A partial ranking is **not** completed with the
-      missing ids: the ranked ids are the cited sources (SPEC §1.3).
+      missing ids: the ranked ids are the cited sources.
 
     Args:
         text: The completion (a string, or a chat completion: a list of ``{"content": ...}`` messages), with

@@ -1,4 +1,4 @@
-"""Point-wise relevance scoring: P(relevant) from the {yes, no} logits at the answer position (SPEC §1.2).
+"""Point-wise relevance scoring: P(relevant) from the {yes, no} logits at the answer position.
 
 One forward pass per candidate, batched, no sampling: the prompt ends where the model writes its answer word
 (the assistant turn pre-filled as the model card says, then ``<answer>``), and the next-token logits of ``yes``

@@ -1,4 +1,4 @@
-"""Stage 2: one generation per query that ranks the K candidates and answers with citations (SPEC §1.3).
+"""Stage 2: one generation per query that ranks the K candidates and answers with citations.
 
 :class:`Stage2Model` shows the query and the candidates as ``[1]..[K]`` (images as pixels for vision-language
 models) in the prompt the model was trained on (its card's assistant prefix and budgets), generates, and parses

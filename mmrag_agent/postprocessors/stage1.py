@@ -1,4 +1,4 @@
-"""Stage 1: the point-wise relevance filter, as a LlamaIndex node postprocessor (SPEC §1.2)."""
+"""Stage 1: the point-wise relevance filter, as a LlamaIndex node postprocessor."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Stage1RelevanceFilter(ModelReranker):
     """Score each retrieved node alone with a (fine-tuned) model and keep the relevant ones.
 
     P(relevant) is the softmax over the logits of ``yes`` and ``no`` at the answer position, one forward pass per
-    node, batched (SPEC §1.2). Image nodes are shown as pixels to vision-language models and as their text surrogate
+    node, batched. Image nodes are shown as pixels to vision-language models and as their text surrogate
     to text-only models. The prompt is the one the model was trained with (its model card). Nodes are ranked by
     the **fused score** ``w * P(relevant) + (1 - w) * retrieval score`` (min-max normalised per query and per
     modality, :mod:`mmrag_agent.inference.fusion`), so that the filter never throws away what the retriever knew:

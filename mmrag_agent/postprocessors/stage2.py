@@ -1,4 +1,4 @@
-"""Stage 2 as a LlamaIndex node postprocessor: list-wise reranking that keeps the ranked (cited) nodes (SPEC §1.3)."""
+"""Stage 2 as a LlamaIndex node postprocessor: list-wise reranking that keeps the ranked (cited) nodes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The explained answer as a LlamaIndex response synthesizer (SPEC §1.3).
+"""The explained answer as a LlamaIndex response synthesizer.
 
 :class:`ExplainableSynthesizer` implements the hooks ``BaseSynthesizer`` defines (``get_response`` /
 ``aget_response``, and ``_get_metadata_for_response``), so the base class keeps its dispatcher span, events,
