@@ -234,3 +234,23 @@ def test_answer_metrics_of_a_judgement_by_hand():
     assert (right["answer_em"], right["answer_f1"]) == (1.0, 1.0)  # normalisation drops case and punctuation
     wrong = answer_metrics(Judgement(ranking=list("cab"), selected=["c"], answer="Atlanta"), example)
     assert (wrong["source_f1"], wrong["answer_em"], wrong["answer_f1"]) == (0.0, 0.0, 0.0)
+
+
+def test_candidates_listed_ranked_then_shown_then_kept_then_dropped_each_by_the_stage1_score():
+    from mmrag_agent.format import parse_stage2_output
+
+    def node(name, p, fused, kept):
+        meta = {"relevance_probability": p, "fused_score": fused, "retrieval_score": fused, "stage1_kept": kept, "rel_path": name}
+        return NodeWithScore(node=TextNode(text=name, id_=name, metadata=meta), score=fused)
+
+    shown = [node("shown-a", 0.2, 0.9, True), node("shown-b", 0.3, 0.8, True), node("shown-c", 0.9, 0.7, True)]
+    kept_not_shown = [node("kept-low", 0.9, 0.2, True), node("kept-high", 0.1, 0.6, True)]
+    dropped = [node("dropped-low", 0.99, 0.1, False), node("dropped-high", 0.05, 0.5, False), node("dropped-nan", float("nan"), float("nan"), False)]
+    output = parse_stage2_output("<think>c is best</think><rank>[3]</rank><answer>yes [3]</answer>", 3)
+    nodes = dropped + kept_not_shown + shown  # any incoming order
+    explained = build_explained_answer(QUERY, nodes, (tuple(n.node.node_id for n in shown), output))
+    assert [c.source for c in explained.candidates] == [
+        "shown-c",  # ranked by stage 2
+        "shown-a", "shown-b",  # shown to stage 2, not ranked: prompt order
+        "kept-high", "kept-low",  # kept by stage 1: by the fused score it ranked by, not by P(relevant)
+        "dropped-high", "dropped-low", "dropped-nan"]  # dropped: by the fused score, unusable last

@@ -59,7 +59,9 @@ class ExplainedAnswer:
         question: The question.
         answer: The answer text; it cites candidates as ``[n]`` (their ``stage2_position``).
         reasoning: The model's reasoning.
-        candidates: Every retrieved candidate, ranked ones first in rank order, then the others.
+        candidates: Every retrieved candidate: those stage 2 ranked, in rank order; then the others it was shown,
+            in prompt order; then the rest of those stage 1 kept, then those it dropped, each by the score stage 1
+            ranked by (the fused score, else P(relevant)).
         warnings: Problems met on the way (e.g. malformed model output and the fallback used).
         raw_output: The stage-2 model's raw completion.
         timings: Seconds spent per step (``retrieve``, ``stage1``, ``stage2``).
@@ -98,7 +100,7 @@ def build_explained_answer(question: str, nodes: Sequence[Any], judgement: Optio
         timings: Seconds per step.
 
     Returns:
-        The :class:`ExplainedAnswer`; candidates ranked ones first in rank order, then by P(relevant).
+        The :class:`ExplainedAnswer`; candidates in :func:`_display_order`.
     """
     shown, output = judgement if judgement is not None else ((), None)
     position = {key: i for i, key in enumerate(shown, start=1)}
@@ -120,7 +122,7 @@ def build_explained_answer(question: str, nodes: Sequence[Any], judgement: Optio
             stage1_probability=meta.get("relevance_probability"), fused_score=meta.get("fused_score"),
             kept_by_stage1=bool(meta.get("stage1_kept", True)), stage2_position=position.get(node.node_id),
             stage2_rank=rank.get(node.node_id), cited=node.node_id in cited))
-    rows.sort(key=lambda c: (c.stage2_rank is None, c.stage2_rank or 0, -_number(c.stage1_probability)))
+    rows.sort(key=_display_order)
     if output is None:
         return ExplainedAnswer(question, NOTHING_RETRIEVED, "", rows, ["nothing was retrieved, or stage 1 kept nothing"],
                                timings=dict(timings or {}), answered=False)
@@ -130,3 +132,9 @@ def build_explained_answer(question: str, nodes: Sequence[Any], judgement: Optio
 
 def _number(value: Optional[float]) -> float:
     return value if value is not None and value == value else float("-inf")  # NaN and None last
+
+
+def _display_order(c: CandidateEvidence) -> tuple:
+    stage1_score = c.fused_score if c.fused_score is not None else c.stage1_probability
+    return (c.stage2_rank is None, c.stage2_rank or 0, c.stage2_position is None, c.stage2_position or 0,
+            not c.kept_by_stage1, -_number(stage1_score))
