@@ -16,9 +16,8 @@ memory does not grow with the number of photos). The text embedding is llama-ind
 dimensions (MiniLM's size): the pipeline's memory is measured, not the model's; ``--text-model minilm`` uses
 the real model (hours for 200 MB on a CPU).
 
-Embedded Qdrant commits every point to SQLite on its own (about 17 ms a point on this machine's disk: hours
-for the ~100,000 chunks of 200 MB); ``--store-dir /dev/shm`` puts the stores in memory-backed files, which
-changes the speed but not the indexing process's RSS (the files are not mapped into it).
+The stores are the embedded Qdrant Edge store, in the workdir unless ``--store-dir`` says otherwise; the RSS
+includes the engine's own memory (it runs in the indexing process).
 
 With ``--baseline-src DIR`` (a checkout of the code being replaced, e.g. ``git worktree add /tmp/base
 2aa9fd4``), every case also runs on that code, stopped when its RSS passes ``--baseline-cap-gb`` or its time
@@ -26,7 +25,7 @@ With ``--baseline-src DIR`` (a checkout of the code being replaced, e.g. ``git w
 
     OMP_NUM_THREADS=1 python benchmarks/memory.py [--text-mb 200] [--photos 200] [--ocr-photos 20]
                                                   [--baseline-src /tmp/base] [--workdir /tmp/mmrag-memory]
-                                                  [--store-dir /dev/shm]
+                                                  [--store-dir DIR]
 """
 
 from __future__ import annotations
@@ -180,8 +179,7 @@ def main() -> None:
     parser.add_argument("--baseline-cap-gb", type=float, default=4.0)
     parser.add_argument("--baseline-cap-s", type=float, default=900.0)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmrag-memory")
-    parser.add_argument("--store-dir", type=Path, help="where the stores go (default: the workdir); e.g. /dev/shm, where "
-                        "embedded Qdrant's commit per point costs no fsync. The store's files are not in the indexer's RSS")
+    parser.add_argument("--store-dir", type=Path, help="where the stores go (default: the workdir)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
