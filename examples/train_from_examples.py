@@ -70,11 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pool-factor", type=int, default=4, help="Dynamic sampling: score this many times the GRPO prompts, keep the likeliest to carry signal (0: off).")
     p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate.")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient (0: no reference forward pass, as DAPO).")
+    p.add_argument("--stage1-output", type=Path, default=None, help="Reuse a trained stage 1 (its output folder, with the same --data) instead of training it.")
     p.add_argument("--first-stage", default="embedding", choices=["embedding", "bm25", "none"], help="Retriever the fusion weight is fitted against.")
     p.add_argument("--eval-queries", type=int, default=None, help="Held-out questions for stage 1 (default: all of the 20%%).")
     # stage 2
     p.add_argument("--stage2-k", type=int, default=5, help="Stage-2 candidates per prompt (the method's 5).")
     p.add_argument("--stage2-train-queries", type=int, default=120, help="Training questions of the stage-2 warm start and GRPO.")
+    p.add_argument("--stage2-sft-lr", type=float, default=4e-4, help="Stage-2 warm-start learning rate (at 1e-4 the format was not learned in one epoch).")
     p.add_argument("--stage2-sft-epochs", type=float, default=1.0, help="Stage-2 warm start: whole passes over its questions (one order each).")
     p.add_argument("--stage2-steps", type=int, default=6, help="Stage-2 GRPO steps (0: skip stage 2).")
     p.add_argument("--stage2-generations", type=int, default=4, help="Stage-2 completions per prompt.")
@@ -116,21 +118,28 @@ def main(argv=None) -> int:
 
     # ---- stage 1: zero-shot -> SFT warm start (whole epochs) -> GRPO on signal -> fusion, held-out after each
     began = time.perf_counter()
-    s1 = train_stage1(Stage1Config(
-        model_name_or_path=args.model, output_dir=str(args.out / "stage1"), max_steps=args.stage1_steps, sft_epochs=args.sft_epochs,
-        sft_learning_rate=args.sft_lr, sft_questions_per_step=args.questions_per_step, sft_listwise_weight=args.listwise, learning_rate=args.lr,
-        num_generations=args.generations, per_device_train_batch_size=args.prompts_per_step * args.generations,
-        temperature=args.temperature, grpo_pool_factor=args.pool_factor, max_eval_queries=args.eval_queries,
-        eval_every=max(args.stage1_steps, 1), max_text_tokens=64, first_stage=args.first_stage, **common))
-    results["stage1"] = summarize(s1.model_card, time.perf_counter() - began, s1.output_dir)
-    report("stage 1", results["stage1"], ("p@1", "mrr", "ndcg@5"))
+    if args.stage1_output:  # reuse: its card holds the held-out metrics, the fusion and the data split
+        from mmrag_agent.model_card import read_model_card
+
+        s1_dir, s1_card = Path(args.stage1_output), read_model_card(args.stage1_output)
+    else:
+        s1 = train_stage1(Stage1Config(
+            model_name_or_path=args.model, output_dir=str(args.out / "stage1"), max_steps=args.stage1_steps, sft_epochs=args.sft_epochs,
+            sft_learning_rate=args.sft_lr, sft_questions_per_step=args.questions_per_step, sft_listwise_weight=args.listwise,
+            learning_rate=args.lr, num_generations=args.generations, per_device_train_batch_size=args.prompts_per_step * args.generations,
+            temperature=args.temperature, grpo_pool_factor=args.pool_factor, max_eval_queries=args.eval_queries,
+            eval_every=max(args.stage1_steps, 1), max_text_tokens=64, first_stage=args.first_stage, **common))
+        s1_dir, s1_card = s1.output_dir, s1.model_card
+    results["stage1"] = summarize(s1_card, time.perf_counter() - began, s1_dir)
+    results["stage1"]["output_dir"] = str(s1_dir)
+    report("stage 1" + (f" (reused from {s1_dir})" if args.stage1_output else ""), results["stage1"], ("p@1", "mrr", "ndcg@5"))
 
     # ---- stage 2: from the stage-1 adapter, K = 5; format rate, source F1, answer F1 before / after
     if args.stage2_steps > 0:
         began = time.perf_counter()
         s2 = train_stage2(Stage2Config(
-            stage1_output=str(s1.output_dir), output_dir=str(args.out / "stage2"), max_steps=args.stage2_steps, k=args.stage2_k,
-            sft_epochs=args.stage2_sft_epochs, sft_batch_size=4, permutations=1, max_train_queries=args.stage2_train_queries,
+            stage1_output=str(s1_dir), output_dir=str(args.out / "stage2"), max_steps=args.stage2_steps, k=args.stage2_k,
+            sft_epochs=args.stage2_sft_epochs, sft_learning_rate=args.stage2_sft_lr, sft_batch_size=4, permutations=1, max_train_queries=args.stage2_train_queries,
             learning_rate=args.lr, num_generations=args.stage2_generations, per_device_train_batch_size=args.stage2_generations,
             temperature=args.temperature, max_completion_length=args.stage2_max_tokens, max_eval_queries=args.stage2_eval_queries,
             eval_every=max(args.stage2_steps, 1), eval_batch_size=8, max_text_tokens=64, **common))
@@ -138,11 +147,11 @@ def main(argv=None) -> int:
         report("stage 2", results["stage2"], ("p@1", "mrr", "set_f1", "answer_f1", "format_rate"))
 
     # ---- reference rankings on the same held-out questions (shuffled as in training), and the pipeline
-    held_out = held_out_examples(args, s1.model_card)
-    results["reference"] = reference_rankings(held_out, s1.model_card)
+    held_out = held_out_examples(args, s1_card)
+    results["reference"] = reference_rankings(held_out, s1_card)
     if args.stage2_steps > 0 and args.pipeline_queries > 0:
         began = time.perf_counter()
-        results["pipeline"] = pipeline_evaluation(args, held_out[: args.pipeline_queries], s1.model_card)
+        results["pipeline"] = pipeline_evaluation(args, held_out[: args.pipeline_queries], s1_card)
         results["pipeline"]["wall_seconds"] = round(time.perf_counter() - began, 1)
     results["machine"].update(load_after=list(os.getloadavg()), wall_minutes=round((time.perf_counter() - began_all) / 60, 1))
     finish(results, args.out)
