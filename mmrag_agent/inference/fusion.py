@@ -1,7 +1,8 @@
 """Fusion of stage-1 P(relevant) with the first-stage retrieval score: rank better than either alone.
 
-A reranker exists to rank better than the retriever in front of it. A small stage-1 model carries signal the
-retriever lacks, but alone it can rank worse; fused, it beats the retriever. The fused score of a candidate is::
+A reranker exists to rank better than the retriever in front of it. A small stage-1 model can carry signal the
+retriever lacks while ranking worse alone; fusing lets that signal count without giving up the retriever's order,
+and a weight fitted on held-out questions decides how much (0 when it adds nothing). The fused score is::
 
     fused = weight * P(relevant) + (1 - weight) * normalised retrieval score
 
