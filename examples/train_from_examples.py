@@ -79,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage2-sft-lr", type=float, default=4e-4, help="Stage-2 warm-start learning rate (at 1e-4 the format was not learned in one epoch).")
     p.add_argument("--stage2-sft-epochs", type=float, default=1.0, help="Stage-2 warm start: whole passes over its questions (one order each).")
     p.add_argument("--stage2-steps", type=int, default=6, help="Stage-2 GRPO steps (0: skip stage 2).")
+    p.add_argument("--stage2-temperature", type=float, default=0.7, help="Stage-2 GRPO sampling temperature (at 1.0 the 135M model's samples left the format: every group had zero reward variance).")
     p.add_argument("--stage2-generations", type=int, default=4, help="Stage-2 completions per prompt.")
     p.add_argument("--stage2-max-tokens", type=int, default=96, help="Stage-2 completion budget (the method's default 256).")
     p.add_argument("--stage2-eval-queries", type=int, default=60, help="Held-out questions for stage 2 (one greedy generation each).")
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
             stage1_output=str(s1_dir), output_dir=str(args.out / "stage2"), max_steps=args.stage2_steps, k=args.stage2_k,
             sft_epochs=args.stage2_sft_epochs, sft_learning_rate=args.stage2_sft_lr, sft_batch_size=4, permutations=1, max_train_queries=args.stage2_train_queries,
             learning_rate=args.lr, num_generations=args.stage2_generations, per_device_train_batch_size=args.stage2_generations,
-            temperature=args.temperature, max_completion_length=args.stage2_max_tokens, max_eval_queries=args.stage2_eval_queries,
+            temperature=args.stage2_temperature, max_completion_length=args.stage2_max_tokens, max_eval_queries=args.stage2_eval_queries,
             eval_every=max(args.stage2_steps, 1), eval_batch_size=8, max_text_tokens=64, **common))
         results["stage2"] = summarize(s2.model_card, time.perf_counter() - began, s2.output_dir)
         report("stage 2", results["stage2"], ("p@1", "mrr", "set_f1", "answer_f1", "format_rate"))
