@@ -106,3 +106,25 @@ def test_eval_images_outside_the_data_folder_need_the_flag(tiny_qwen2_vl_dir, tm
     _one_line_error(refused, "x.jsonl:1", "qid 'q1'", "leads outside the data file's folder")
     allowed = runner.invoke(app, args + ["--allow-outside-images"])
     assert allowed.exit_code == 0, allowed.output
+
+
+def test_the_training_summary_fits_80_columns_with_full_headers(monkeypatch):
+    from rich.console import Console
+
+    from mmrag_agent.cli import train as train_cli
+    from mmrag_agent.model_card import ModelCard
+
+    history = [{"step": s, "phase": phase, "p@1": 0.25, "mrr": 0.5, "ndcg@5": 0.5, "recall@5": 1.0, "set_f1": 0.2,
+                "answer_f1": 0.1, "format_rate": 0.95} for s, phase in ((0, "initial"), (0, "sft"), (120, "final"))]
+    training = {"data": {"held_out_queries": 60}, "held_out_history": history, "steps": 120,
+                "final_metrics": {"train": {"over_last_steps": 5, "reward": 1.0, "format_rate": 1.0, "frac_reward_zero_std": 0.0,
+                                            "step_time": 9.5}},
+                "sft_warm_start": {"ran": True, "steps": 30, "mode": "on"}}
+    console = Console(width=80, record=True, force_terminal=False)
+    monkeypatch.setattr(train_cli, "console", console)
+    train_cli.print_summary(ModelCard(stage=2, assistant_prefix="<think>", training=training), "runs/stage2")
+    table = console.export_text().split("steps 120")[0]
+    assert all(len(line) <= 80 for line in table.splitlines())
+    for header in ("P@1", "MRR", "NDCG@5", "R@5", "src F1", "ans F1", "format", "initial", "final", "0.950"):
+        assert header in table, table
+    assert "…" not in table

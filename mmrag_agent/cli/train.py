@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from .common import console, fail, quiet_libraries
@@ -173,18 +174,27 @@ def _train(stage: int, ctx: typer.Context, config_file: Optional[Path], sets: Li
     print_summary(result.model_card, result.output_dir)
 
 
+_HISTORY_COLUMNS = {"p@1": "P@1", "mrr": "MRR", "ndcg@5": "NDCG@5", "recall@5": "R@5", "set_f1": "src F1",
+                    "answer_f1": "ans F1", "format_rate": "format"}
+
+
+def _short(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
 def print_summary(card, output_dir) -> None:
     """Print the held-out history and the final training metrics of a run from its :class:`~mmrag_agent.model_card.ModelCard`."""
     if card is None:
         return
     training = card.training
     history = training.get("held_out_history", [])
-    table = Table(title=f"stage {card.stage} held-out ({training['data']['held_out_queries']} questions)")
-    metrics = [m for m in ("p@1", "mrr", "ndcg@5", "recall@5", "set_f1", "answer_f1", "format_rate") if any(m in h for h in history)]
-    for column in ("step", "phase", *metrics):
-        table.add_column(column, justify="right")
+    table = Table(title=f"stage {card.stage} held-out ({training['data']['held_out_queries']} questions)", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), title_justify="left")
+    metrics = [m for m in _HISTORY_COLUMNS if any(m in h for h in history)]
+    for column in ("step", "phase", *(_HISTORY_COLUMNS[m] for m in metrics)):  # short headers: fits 80 columns
+        table.add_column(column, justify="right", no_wrap=True)
     for h in history:
-        table.add_row(str(h["step"]), h["phase"], *(_fmt(h.get(m)) for m in metrics))
+        table.add_row(str(h["step"]), h["phase"], *(_short(h.get(m)) for m in metrics))
     if table.rows:
         console.print(table)
     train = training["final_metrics"]["train"]
