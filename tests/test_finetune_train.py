@@ -358,7 +358,7 @@ def test_cli_trains_stage1_with_a_capped_warm_start_and_shows_every_phase(tiny_q
         assert bar in result.output, bar
     for bar in ("format probe: 100%", "stage 1 SFT warm start: 100%", "stage 1 GRPO: 100%"):  # the held-out bars are removed when done
         assert bar in result.output, bar
-    assert "held-out" in result.output and "p@1" in result.output and "frac_reward_zero_std" in result.output
+    assert "held-out" in result.output and "P@1" in result.output and "frac_reward_zero_std" in result.output
     card = read_model_card(out)
     warm = card.training["sft_warm_start"]
     assert warm["ran"] and warm["steps"] == 2 and len(warm["loss"]) == 2  # --sft-steps honoured: 2 SFT steps, then 1 GRPO step
