@@ -309,3 +309,35 @@ def test_default_search_ef_finds_the_neighbours_a_narrow_search_misses(tmp_path)
         assert recall(search_params=qdrant_edge.SearchParams(hnsw_ef=store.hnsw_ef)) == default  # the same request
     finally:
         close_shard(path)
+
+
+def test_writes_past_the_segment_size_are_indexed_as_separate_segments_and_searched_together(tmp_path, monkeypatch):
+    """``note_written`` closes a segment every SEGMENT_BYTES of vectors (here 1,024 points of 8-d) and builds its
+    HNSW graph; the optimizer does not merge the closed segments back, and a search covers all of them."""
+    import qdrant_edge
+
+    from mmrag_agent.indexing import edge
+    from mmrag_agent.indexing.edge import EdgeVectorStore, close_shard, open_shard
+
+    dim, n = 8, 3500
+    monkeypatch.setattr(edge, "SEGMENT_BYTES", 1024 * 4 * dim)
+    config = qdrant_edge.EdgeConfig(vectors=qdrant_edge.EdgeVectorParams(size=dim, distance=qdrant_edge.Distance.Cosine),
+                                    hnsw_config=qdrant_edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=1),
+                                    optimizers=qdrant_edge.EdgeOptimizersConfig(indexing_threshold=1, max_segment_size=48))
+    path = str(tmp_path / "shard")
+    shard = open_shard(path, config=config)
+    try:
+        rng = np.random.default_rng(1)
+        vectors = rng.standard_normal((n, dim)).astype("float32")
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store = EdgeVectorStore(path=path, batch_size=256)
+        store.add([TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+        info = shard.info()
+        assert info.indexed_vectors_count == 3 * 1024  # three full segments were built while writing; 428 points wait
+        shard.optimize()
+        assert shard.info().segments_count >= 4 and shard.info().points_count == n
+        for q in rng.standard_normal((10, dim)):
+            ids = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5)).ids
+            assert ids == [str(uuid.UUID(int=int(i) + 1)) for i in np.argsort(-(vectors @ q))[:5]]
+    finally:
+        close_shard(path)
