@@ -209,6 +209,7 @@ def main() -> None:
     parser.add_argument("--local-max", type=int, default=100_000, help="largest size run with qdrant-client's local mode")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--workdir", type=Path, default=None, help="where the stores go (default: a temporary folder)")
+    parser.add_argument("--keep-stores", action="store_true", help="keep the written stores in --workdir (for inspection)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -240,7 +241,8 @@ def main() -> None:
                 row |= run_worker(["query", backend, str(n), str(path), str(args.queries), "1" if n == largest else "0"])
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-                shutil.rmtree(path, ignore_errors=True)
+                if not (args.keep_stores and args.workdir):
+                    shutil.rmtree(path, ignore_errors=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -156,10 +156,10 @@ def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, Bas
 
     Settings (measured with ``benchmarks/store_scale.py``'s generated points, 384-d, on a 2-core machine):
 
-    * vectors ``Memory.Cold`` (memory-mapped, read when a search touches them): the default (``Cached``)
-      reads every vector when the store is opened. A 200,000-point shard opened in 0.16-0.22 s with 398 MB
-      resident (0.50 s with the files out of the page cache) and in 0.08 s with 225 MB (0.15 s) Cold; a search
-      reads a few thousand vectors, not all of them.
+    * vectors ``Memory.Cached`` (mapped and read into the page cache when the store is opened). ``Cold`` (read
+      when a search touches them) opened a 200,000-point shard faster (0.08 s and 225 MB resident against
+      0.09-0.22 s and 398 MB; with the files out of the page cache 0.15 s against 0.50 s), but at 1,000,000
+      points in 7 segments the first 100 searches after opening took p50 38.9 / p95 136.7 ms (open 1.01 s).
     * HNSW graph ``Memory.Cached`` (read at open; 11 MB at 200,000 points): with the graph Cold the first
       searches after opening a store whose files are out of the page cache were slower (p95 51 vs 35 ms, one run
       each on a busy machine).
@@ -172,7 +172,7 @@ def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, Bas
     """
     edge = edge_module()
     config = edge.EdgeConfig(
-        vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine, memory=edge.Memory.Cold),
+        vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine, memory=edge.Memory.Cached),
         hnsw_config=edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=edge.Memory.Cached),
         payload_memory=edge.Memory.Cold,
         optimizers=edge.EdgeOptimizersConfig(max_segment_size=MAX_SEGMENT_KB))
@@ -188,6 +188,11 @@ SEGMENT_BYTES = 256 * 2**20
 #: The optimizer's largest merged segment (KB): 1.5 segments, so two full segments are never merged into one.
 MAX_SEGMENT_KB = 3 * SEGMENT_BYTES // 2 // 1024
 _unindexed_bytes: dict[str, int] = {}
+
+
+def mark_indexed(path: str) -> None:
+    """Forget the bytes counted by :func:`note_written` for ``path`` (its shard was just optimized)."""
+    _unindexed_bytes.pop(os.path.realpath(path), None)
 
 
 def note_written(path: str, shard: Any, vector_bytes: int, describe: Callable[[str, BaseException], StoreError]) -> None:
