@@ -170,6 +170,9 @@ def worker_query(backend: str, n: int, path: Path, count: int, recall: bool) -> 
     assert all(r.nodes and all(n.metadata["rel_path"] == rel for n in r.nodes) for r, rel in zip(filtered, filter_paths))
     out = {"open_s": open_s, "p50_ms": float(np.percentile(plain_ms, 50)), "p95_ms": float(np.percentile(plain_ms, 95)),
            "fp50_ms": float(np.percentile(filtered_ms, 50)), "fp95_ms": float(np.percentile(filtered_ms, 95)), "query_rss_mb": peak_rss_mb()}
+    if backend == "ours":
+        out["segments"] = vector_store.client.info().segments_count
+        out["hnsw_ef"] = vector_store.hnsw_ef
     if recall and backend == "ours":
         import qdrant_edge
 
@@ -206,6 +209,7 @@ def main() -> None:
     parser.add_argument("--local-max", type=int, default=100_000, help="largest size run with qdrant-client's local mode")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--workdir", type=Path, default=None, help="where the stores go (default: a temporary folder)")
+    parser.add_argument("--keep-stores", action="store_true", help="keep the written stores in --workdir (for inspection)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -237,7 +241,8 @@ def main() -> None:
                 row |= run_worker(["query", backend, str(n), str(path), str(args.queries), "1" if n == largest else "0"])
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-                shutil.rmtree(path, ignore_errors=True)
+                if not (args.keep_stores and args.workdir):
+                    shutil.rmtree(path, ignore_errors=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -257,7 +262,8 @@ def main() -> None:
     top = next((r for r in rows if r["backend"] == "ours" and r["n"] == largest), None)
     if top and "recall_at_20" in top:
         print(f"at {largest:,} points (ours): query p95 {top['p95_ms']:.1f} ms (target <= 20), open {top['open_s']:.2f} s (target <= 2), "
-              f"recall@20 of HNSW vs exact search {top['recall_at_20']:.3f} (target >= 0.95, default HNSW m=16 ef_construct=100)")
+              f"recall@20 of HNSW vs exact search {top['recall_at_20']:.3f} (target >= 0.95, at the store's defaults: "
+              f"HNSW m=16 ef_construct=100, search ef {top.get('hnsw_ef')}, {top.get('segments')} segments)")
     ours = next((r for r in rows if r["backend"] == "ours" and r["n"] == 100_000), None)
     local = next((r for r in rows if r["backend"] == "local" and r["n"] == 100_000), None)
     if ours and local:

@@ -271,3 +271,73 @@ def test_point_ids_are_the_uuid5_of_earlier_versions_accept_any_str_and_change_w
     assert uuid.UUID(point_id(name, "k1", 0)).version == 5 and point_id(name, "k1", 0) != point_id("caf\u00e9.txt", "k1", 0)
     ids = {point_id(rel, key, chunk) for rel in ("a.txt", name) for key in ("k1", "k2") for chunk in (0, 1)}
     assert len(ids) == 8  # path, content key and chunk each change the id
+
+
+def test_default_search_ef_finds_the_neighbours_a_narrow_search_misses(tmp_path):
+    """The store's default ``hnsw_ef`` reaches the engine: on a real HNSW graph built to be coarse (m=8,
+    ef_construct=32, so the engine's own default ef is max(32, top_k)), queries without search params find the
+    exact top 10 that a search at ef=10 measurably misses (recall about 0.55, against >= 0.97)."""
+    import qdrant_edge
+
+    from mmrag_agent.indexing.edge import EdgeVectorStore, close_shard, open_shard
+
+    dim, n, k = 32, 3000, 10
+    config = qdrant_edge.EdgeConfig(vectors=qdrant_edge.EdgeVectorParams(size=dim, distance=qdrant_edge.Distance.Cosine),
+                                    hnsw_config=qdrant_edge.HnswIndexConfig(m=8, ef_construct=32, full_scan_threshold=1),
+                                    optimizers=qdrant_edge.EdgeOptimizersConfig(indexing_threshold=1))
+    path = str(tmp_path / "shard")
+    shard = open_shard(path, config=config)
+    try:
+        rng = np.random.default_rng(0)
+        vectors = rng.standard_normal((n, dim)).astype("float32")
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store = EdgeVectorStore(path=path)
+        store.add([TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+        shard.optimize()
+        assert shard.info().indexed_vectors_count == n  # the search goes through the HNSW graph
+        queries = rng.standard_normal((40, dim)).astype("float32")
+        exact = [{str(uuid.UUID(int=int(i) + 1)) for i in np.argsort(-(vectors @ q))[:k]} for q in queries]
+
+        def recall(**kwargs) -> float:
+            found = [set(store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=k), **kwargs).ids) for q in queries]
+            return sum(len(f & e) for f, e in zip(found, exact)) / (k * len(queries))
+
+        narrow = recall(search_params=qdrant_edge.SearchParams(hnsw_ef=k))
+        default = recall()
+        assert store.hnsw_ef is not None and store.hnsw_ef >= 8 * k
+        assert default >= 0.97 and narrow <= default - 0.3, (default, narrow)
+        assert recall(search_params=qdrant_edge.SearchParams(hnsw_ef=store.hnsw_ef)) == default  # the same request
+    finally:
+        close_shard(path)
+
+
+def test_writes_past_the_segment_size_are_indexed_as_separate_segments_and_searched_together(tmp_path, monkeypatch):
+    """``note_written`` closes a segment every SEGMENT_BYTES of vectors (here 1,024 points of 8-d) and builds its
+    HNSW graph; the optimizer does not merge the closed segments back, and a search covers all of them."""
+    import qdrant_edge
+
+    from mmrag_agent.indexing import edge
+    from mmrag_agent.indexing.edge import EdgeVectorStore, close_shard, open_shard
+
+    dim, n = 8, 3500
+    monkeypatch.setattr(edge, "SEGMENT_BYTES", 1024 * 4 * dim)
+    config = qdrant_edge.EdgeConfig(vectors=qdrant_edge.EdgeVectorParams(size=dim, distance=qdrant_edge.Distance.Cosine),
+                                    hnsw_config=qdrant_edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=1),
+                                    optimizers=qdrant_edge.EdgeOptimizersConfig(indexing_threshold=1, max_segment_size=48))
+    path = str(tmp_path / "shard")
+    shard = open_shard(path, config=config)
+    try:
+        rng = np.random.default_rng(1)
+        vectors = rng.standard_normal((n, dim)).astype("float32")
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store = EdgeVectorStore(path=path, batch_size=256)
+        store.add([TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+        info = shard.info()
+        assert info.indexed_vectors_count == 3 * 1024  # three full segments were built while writing; 428 points wait
+        shard.optimize()
+        assert shard.info().segments_count >= 4 and shard.info().points_count == n
+        for q in rng.standard_normal((10, dim)):
+            ids = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=5)).ids
+            assert ids == [str(uuid.UUID(int=int(i) + 1)) for i in np.argsort(-(vectors @ q))[:5]]
+    finally:
+        close_shard(path)

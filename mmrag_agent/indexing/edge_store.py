@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from .edge import EdgeVectorStore, close_shard, create_shard, edge_call, edge_module, open_shard, short_reason
+from .edge import EdgeVectorStore, close_shard, create_shard, edge_call, edge_module, mark_indexed, note_written, open_shard, short_reason
 from .store import DEFAULT_STORE_DIRNAME, IndexStore, RawPoint, StoreError, _same_path, decode_payload, encode_payload
 
 logger = logging.getLogger(__name__)
@@ -276,6 +276,7 @@ class EdgeIndexStore(IndexStore):
         self._before_point_write(sum(4 * len(p.vector or ()) + len(json.dumps(p.payload)) for p in points))
         converted = [edge.Point(p.id, p.vector, encode_payload(p.payload)) for p in points]
         edge_call(self._describe, shard.update, edge.UpdateOperation.upsert_points(converted))
+        note_written(str(self._shard_path(collection)), shard, sum(4 * len(p.vector or ()) for p in points), self._describe)
 
     def delete_ids(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -303,6 +304,7 @@ class EdgeIndexStore(IndexStore):
             with _elapsed_bar(f"building the vector index of {collection} ({points:,} points)",
                               self.show_progress and points >= PROGRESS_MIN_POINTS):
                 edge_call(self._describe, shard.optimize)
+            mark_indexed(str(self._shard_path(collection)))
         if self._meta_cache is not None:
             self.write_meta({k: v for k, v in self._meta_cache.items() if k not in ("store_format", "store_path", "points")})
 
