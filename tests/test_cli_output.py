@@ -128,3 +128,28 @@ def test_the_training_summary_fits_80_columns_with_full_headers(monkeypatch):
     for header in ("P@1", "MRR", "NDCG@5", "R@5", "src F1", "ans F1", "format", "initial", "final", "0.950"):
         assert header in table, table
     assert "…" not in table
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="busy_cores reads Linux's /proc/stat")
+def test_a_job_holding_a_core_is_seen_now_not_a_minute_later():
+    import multiprocessing
+
+    from mmrag_agent.runtime import busy_cores
+
+    spinner = multiprocessing.get_context("fork").Process(target=_spin, args=(5.0,))
+    spinner.start()
+    try:
+        time.sleep(0.5)
+        busy = busy_cores(window=0.5)
+    finally:
+        spinner.terminate()
+        spinner.join()
+    assert busy is not None and busy >= 0.8, busy  # the spinning process's core, whatever else runs
+    if (os.cpu_count() or 1) == 2:
+        assert choose_threads(load=busy) == 1
