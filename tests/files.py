@@ -26,16 +26,21 @@ def write_pdf(path: Path, pages: list[str | None]) -> Path:
                        f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>".encode())
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
     header = [b"<< /Type /Catalog /Pages 2 0 R >>", f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(pages)} >>".encode()]
-    body = header + objects + [b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    return write_pdf_objects(path, header + objects + [b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"])
+
+
+def write_pdf_objects(path: Path, objects: list[bytes], info: int | None = None) -> Path:
+    """A PDF whose object ``n`` is ``objects[n - 1]``; object 1 must be the catalog. ``info``: the /Info object number."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
-    for number, obj in enumerate(body, start=1):
+    for number, obj in enumerate(objects, start=1):
         offsets.append(len(out))
         out += f"{number} 0 obj\n".encode() + obj + b"\nendobj\n"
     xref = len(out)
-    out += f"xref\n0 {len(body) + 1}\n0000000000 65535 f \n".encode()
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
-    out += f"trailer\n<< /Size {len(body) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    info_entry = f" /Info {info} 0 R" if info else ""
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{info_entry} >>\nstartxref\n{xref}\n%%EOF\n".encode()
     path.write_bytes(bytes(out))
     return path
 

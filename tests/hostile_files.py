@@ -5,21 +5,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-
-def write_pdf_objects(path: Path, objects: list[bytes], info: int | None = None) -> Path:
-    """A PDF whose object ``n`` is ``objects[n - 1]``; object 1 must be the catalog. ``info``: the /Info object number."""
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, obj in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + obj + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
-    info_entry = f" /Info {info} 0 R" if info else ""
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{info_entry} >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    path.write_bytes(bytes(out))
-    return path
+from files import write_pdf_objects
 
 
 def _stream(data: bytes, entries: str = "") -> bytes:
