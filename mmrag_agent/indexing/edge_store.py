@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .edge import EdgeVectorStore, close_shard, create_shard, edge_call, edge_module, mark_indexed, note_written, open_shard, short_reason
-from .store import DEFAULT_STORE_DIRNAME, IndexStore, RawPoint, StoreError, _same_path, decode_payload, encode_payload
+from .store import DEFAULT_STORE_DIRNAME, IndexStore, RawPoint, StoreError, _same_path, encode_payload
 
 logger = logging.getLogger(__name__)
 STORE_FORMAT = "qdrant-edge"
@@ -261,8 +261,7 @@ class EdgeIndexStore(IndexStore):
                                          with_vector=with_vectors)
             records, offset = edge_call(self._describe, shard.scroll, request)
             for record in records:
-                vector = record.vector.get("") if isinstance(record.vector, dict) else record.vector
-                yield RawPoint(str(record.id), list(vector) if vector is not None else None, decode_payload(dict(record.payload or {})))
+                yield RawPoint.from_record(record)
             if offset is None:
                 return
 

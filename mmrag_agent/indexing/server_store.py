@@ -171,8 +171,7 @@ class ServerIndexStore(IndexStore):
             points, offset = self._call(self.client.scroll, collection, limit=batch_size, offset=offset,
                                         with_payload=list(fields) if fields else True, with_vectors=with_vectors)
             for point in points:
-                vector = point.vector.get("") if isinstance(point.vector, dict) else point.vector
-                yield RawPoint(str(point.id), list(vector) if vector is not None else None, decode_payload(dict(point.payload or {})))
+                yield RawPoint.from_record(point)
             if offset is None:
                 return
 

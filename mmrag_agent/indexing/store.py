@@ -118,6 +118,12 @@ class RawPoint:
     vector: list[float] | None
     payload: dict
 
+    @classmethod
+    def from_record(cls, record: Any) -> "RawPoint":
+        """From a scrolled Qdrant Edge or qdrant-client record (``id``, ``vector``: a list or ``{"": list}``, ``payload``)."""
+        vector = record.vector.get("") if isinstance(record.vector, dict) else record.vector
+        return cls(str(record.id), list(vector) if vector is not None else None, decode_payload(dict(record.payload or {})))
+
 
 class IndexStore(ABC):
     """The collections of one index and the operations the indexer, the loader and export/import need.
