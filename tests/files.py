@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -66,3 +68,16 @@ def write_image(path: Path, size=(64, 48), color="red", exif: dict | None = None
         kwargs["exif"] = data
     image.save(path, **kwargs)
     return path
+
+
+@contextmanager
+def unprivileged():
+    """Run the block as an unprivileged user (65534) when the tests run as root, who can read and list anything."""
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.seteuid(65534)
+    try:
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)

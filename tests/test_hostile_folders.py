@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from files import write_image, write_pdf
+from files import unprivileged, write_image, write_pdf
 from hostile_files import (
     BROKEN_IMAGES,
     write_deep_page_tree_pdf,
@@ -147,14 +147,8 @@ def test_unlistable_folder_and_missing_link_target_keep_their_points(mock_text_m
             os.chmod(path, 0o777 if path.is_dir() else 0o666)
         os.chmod(root / "sub", 0o000)  # cannot be listed
         shutil.move(root / ".versions" / "v1", base / "v1-unmounted")  # the link's target is briefly gone
-        as_root = os.geteuid() == 0
-        if as_root:  # root lists anything: drop to an unprivileged user for the run
-            os.seteuid(65534)
-        try:
+        with unprivileged():
             report = run(root, store, mock_text_model)
-        finally:
-            if as_root:
-                os.seteuid(0)
         reasons = _reasons(report)
         assert report.removed == [] and "cannot be listed" in reasons["sub"] and "broken symlink" in reasons["current"]
         assert sorted(report.unavailable) == ["current", "sub"]

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from files import write_image, write_pdf, write_png_declaring
+from files import unprivileged, write_image, write_pdf, write_png_declaring
 from llama_index.core.indices.multi_modal import MultiModalVectorStoreIndex
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import ImageNode, TextNode
@@ -193,14 +193,8 @@ def test_unreadable_file_is_reported_and_keeps_its_points(mock_text_model):
         for path in [base, *base.rglob("*")]:
             os.chmod(path, 0o777 if path.is_dir() else 0o666)
         os.chmod(folder / "a.txt", 0o000)
-        as_root = os.geteuid() == 0
-        if as_root:  # root reads anything: drop to an unprivileged user for the run
-            os.seteuid(65534)
-        try:
+        with unprivileged():
             report = run(folder, store, mock_text_model)
-        finally:
-            if as_root:
-                os.seteuid(0)
         assert "permission denied" in {f.path: f.reason for f in report.failed}["a.txt"]
         assert set(before) <= set(points(store))
     finally:
