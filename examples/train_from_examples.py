@@ -14,8 +14,9 @@ Stage 1, the recipe (README, "Real learning on this CPU"), held-out P@1 / MRR af
 
 1. every candidate of every training question, the two classes balanced by loss weights;
 2. the SFT warm start over whole epochs, each question's candidates in one pass with the tokens they share (system
-   prompt, instruction, question) computed once, a list-wise term over them beside the point-wise loss, LoRA on
-   the last ``--lora-layers`` layers;
+   prompt, instruction, question) computed once, a list-wise term over them beside the point-wise loss (on the
+   margins plus the first-stage retriever's normalised score, ``--listwise-retrieval``: it trains the fused
+   ranking), LoRA on the last ``--lora-layers`` layers;
 3. GRPO on the prompts likeliest to give groups with reward variance (dynamic sampling predicted from the policy's
    own P(yes)), groups of ``--generations``, no KL term (``--beta 0``);
 4. the fusion weight with the first-stage retriever (``--first-stage``, default all-MiniLM-L6-v2), cross-fitted on
@@ -23,7 +24,9 @@ Stage 1, the recipe (README, "Real learning on this CPU"), held-out P@1 / MRR af
 
 Stage 2 starts from the stage-1 adapter with K = 5 candidates: a warm start over whole epochs of a subset
 of the training questions, a few GRPO steps, then format rate, rank metrics, source F1 and answer F1 of unconstrained
-greedy completions before and after. Finally the pipeline (fused stage 1, then stage 2) on held-out questions.
+greedy completions before and after; then the pipeline (fused stage 1, then stage 2 on its top K) on held-out
+questions, ranked by stage 2 and by stage 1's order: the stage-2 card records whether stage 2 ranked better, and
+serving lets it reorder only then.
 
 Writes ``OUT/results.json`` (every number; wall time per phase; the machine's load before and after), ``OUT/held_out.png``,
 ``OUT/held_out.jsonl`` (the held-out questions, for ``mmrag eval rerank``) and each stage's ``model_card.json`` /
@@ -58,10 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "train-from-examples", help="Output folder.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the idle cores, see auto_threads).")
     # stage 1
-    p.add_argument("--sft-epochs", type=float, default=1.0, help="Stage-1 warm start: whole passes over every candidate of every training question.")
+    p.add_argument("--sft-epochs", type=float, default=2.0, help="Stage-1 warm start: whole passes over every candidate of every training question.")
     p.add_argument("--sft-lr", type=float, default=4e-4, help="Stage-1 warm-start learning rate (linear decay).")
     p.add_argument("--questions-per-step", type=int, default=1, help="Stage-1 warm start: questions (all their candidates) per optimizer step.")
     p.add_argument("--listwise", type=float, default=1.0, help="Stage-1 warm start: weight of the list-wise term over each question's candidates (0: point-wise only).")
+    p.add_argument("--listwise-retrieval", type=float, default=2.0, help="Stage-1 warm start: the first-stage retriever's normalised score times this is added to each candidate's margin in the list-wise term, which then trains the fused ranking (0: stage 1 alone).")
     p.add_argument("--lora-layers", type=int, default=10, help="LoRA on the last N of the model's layers (0: all).")
     p.add_argument("--stage1-steps", type=int, default=16, help="Stage-1 GRPO steps.")
     p.add_argument("--prompts-per-step", type=int, default=2, help="Stage-1 prompts per GRPO step.")
@@ -83,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage2-generations", type=int, default=4, help="Stage-2 completions per prompt.")
     p.add_argument("--stage2-max-tokens", type=int, default=96, help="Stage-2 completion budget (the method's default 256).")
     p.add_argument("--stage2-eval-queries", type=int, default=60, help="Held-out questions for stage 2 (one greedy generation each).")
-    p.add_argument("--pipeline-queries", type=int, default=60, help="Held-out questions for the pipeline evaluation (0: skip).")
+    p.add_argument("--pipeline-queries", type=int, default=60, help="Held-out questions of the pipeline check (fused stage 1, then stage 2 on its top K, ranked by stage 2 and by stage 1's order), recorded in the stage-2 card (0: skip; serving then keeps stage 1's order).")
     p.add_argument("--verbose", action="store_true", help="Keep the libraries' warnings, logs and loading bars.")
     p.add_argument("--smoke", action="store_true", help="A few steps and questions: proves the pipeline end to end.")
     args = p.parse_args(argv)
@@ -127,6 +131,7 @@ def main(argv=None) -> int:
         s1 = train_stage1(Stage1Config(
             model_name_or_path=args.model, output_dir=str(args.out / "stage1"), max_steps=args.stage1_steps, sft_epochs=args.sft_epochs,
             sft_learning_rate=args.sft_lr, sft_questions_per_step=args.questions_per_step, sft_listwise_weight=args.listwise,
+            sft_listwise_retrieval=args.listwise_retrieval,
             learning_rate=args.lr, num_generations=args.generations, per_device_train_batch_size=args.prompts_per_step * args.generations,
             temperature=args.temperature, grpo_pool_factor=args.pool_factor, max_eval_queries=args.eval_queries,
             eval_every=max(args.stage1_steps, 1), max_text_tokens=64, first_stage=args.first_stage, **common))
@@ -143,7 +148,7 @@ def main(argv=None) -> int:
             sft_epochs=args.stage2_sft_epochs, sft_learning_rate=args.stage2_sft_lr, sft_batch_size=4, permutations=1, max_train_queries=args.stage2_train_queries,
             learning_rate=args.lr, num_generations=args.stage2_generations, per_device_train_batch_size=args.stage2_generations,
             temperature=args.stage2_temperature, max_completion_length=args.stage2_max_tokens, max_eval_queries=args.stage2_eval_queries,
-            eval_every=max(args.stage2_steps, 1), eval_batch_size=8, max_text_tokens=64, **common))
+            eval_every=max(args.stage2_steps, 1), eval_batch_size=8, max_text_tokens=64, ranking_check_queries=args.pipeline_queries, **common))
         results["stage2"] = summarize(s2.model_card, time.perf_counter() - began, s2.output_dir)
         report("stage 2", results["stage2"], ("p@1", "mrr", "set_f1", "answer_f1", "format_rate"))
 
@@ -151,9 +156,7 @@ def main(argv=None) -> int:
     held_out = held_out_examples(args, s1_card)
     results["reference"] = reference_rankings(held_out, s1_card)
     if args.stage2_steps > 0 and args.pipeline_queries > 0:
-        began = time.perf_counter()
-        results["pipeline"] = pipeline_evaluation(args, held_out[: args.pipeline_queries], s1_card)
-        results["pipeline"]["wall_seconds"] = round(time.perf_counter() - began, 1)
+        results["pipeline"] = pipeline_check(args, s2.model_card, s1_dir)
     results["machine"].update(load_after=list(os.getloadavg()), wall_minutes=round((time.perf_counter() - began_all) / 60, 1))
     finish(results, args.out)
     return 0
@@ -193,20 +196,20 @@ def reference_rankings(held_out: list, card) -> dict:
     return out
 
 
-def pipeline_evaluation(args, held_out: list, card1) -> dict:
-    """The pipeline on held-out questions: the trained stage-2 model ranks with the stage-1 fusion of the stage-1 card
-    (``mmrag eval rerank --reranker pipeline --model OUT/stage2 --first-stage F --fusion-weight W``), then judges K."""
-    from mmrag_agent.eval.rerank import evaluate_reranker
-    from mmrag_agent.eval.stage2 import Stage2Reranker
-
-    fusion = card1.fusion or {"first_stage": "none", "weight": 1.0}
-    reranker = Stage2Reranker(str(args.out / "stage2"), pipeline=True, data_file=args.data, first_stage=fusion["first_stage"],
-                              fusion_weight=fusion["weight"], query_batch=8)
-    result = evaluate_reranker(held_out, reranker, show_progress=False)
+def pipeline_check(args, card2, s1_dir: Path) -> dict:
+    """The pipeline on held-out questions, from the stage-2 card's ``ranking_check`` (written by training): the fused
+    stage 1, then stage 2 on its top K, ranked by stage 2 and by stage 1's order; serving ranks by the one it chose."""
+    check = card2.ranking_check
+    if not check:
+        return {}
+    served = check["stage2"] if check["reorder"] else check["input"]
     command = (f"mmrag eval rerank --data {args.out / 'held_out.jsonl'} --reranker pipeline --model {args.out / 'stage2'} "
-               f"--first-stage {fusion['first_stage']} --fusion-weight {fusion['weight']:g} --limit {len(held_out)}")
-    print(f"  pipeline ({len(held_out)} questions): " + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()), flush=True)
-    return {**result.metrics, "n": result.n, "fusion": reranker.fusion, "command": command}
+               f"--stage1-model {s1_dir} --limit {check['queries']}")
+    for name, record in (("pipeline, stage 2's order", check["stage2"]), ("pipeline, stage 1's order", check["input"])):
+        print(f"  {name} ({check['queries']} questions): " + "  ".join(f"{m} {record[m]:.4f}" for m in ("p@1", "mrr", "ndcg@5")), flush=True)
+    print(f"  serving ranks by {'stage 2' if check['reorder'] else 'the fused stage 1'} (the card's ranking_check)", flush=True)
+    return {**served, "n": check["queries"], "served_order": "stage 2" if check["reorder"] else "fused stage 1",
+            "check": check, "command": command, "wall_seconds": check.get("seconds")}
 
 
 def finish(results: dict, out: Path) -> None:

@@ -26,7 +26,7 @@ from .format import STAGE1_PREFIX, STAGE1_REASONING_PREFIX, STAGE2_PREFIX
 from .prompts import PROMPT_VERSION
 
 __all__ = ["CARD_VERSION", "MODEL_CARD", "ModelCard", "ModelCardError", "card_for", "default_card", "read_model_card",
-           "write_model_card"]
+           "stage2_reorders", "write_model_card"]
 
 MODEL_CARD = "model_card.json"
 CARD_VERSION = 1
@@ -52,6 +52,10 @@ class ModelCard:
         kind: ``"lora"``, ``"full"`` or ``"base"`` (no training: the defaults of an untrained model).
         fusion: Stage 1: how P(relevant) is fused with the first-stage retrieval score (``weight``,
             ``first_stage`` and the held-out metrics the weight was fitted on); None: no fitted fusion.
+        ranking_check: Stage 2: the held-out check of whether its ranking beats the order it is given (the fused
+            stage-1 order): ``{"queries", "input", "stage2", "reorder", ...}``. Serving lets stage 2 reorder nodes
+            only when ``reorder`` is true (:func:`stage2_reorders`); None (no check, any zero-shot model): the
+            incoming order stands and stage 2 only judges, cites and answers.
         metrics: Held-out metrics of the final model.
         training: Everything else about the run (data, rewards, steps, warm start, history, config, versions).
     """
@@ -66,6 +70,7 @@ class ModelCard:
     base_model: str | None = None
     kind: str = "base"
     fusion: dict[str, Any] | None = None
+    ranking_check: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     card_version: int = CARD_VERSION
@@ -94,6 +99,20 @@ class ModelCard:
             raise ModelCardError(f"{where}: {exc}; re-run training or fix the file") from None
         except ModelCardError as exc:
             raise ModelCardError(f"{where}: {exc}") from None
+
+
+def stage2_reorders(card: ModelCard | None) -> bool:
+    """Whether a stage-2 model's ranking replaces the order it is given: only when its card records a held-out
+    check (``ranking_check``) in which it ranked better than that order. A reranker that ranks worse than its
+    input does harm, so a model without such a check (any zero-shot model) keeps the incoming order.
+
+    Example:
+        >>> stage2_reorders(ModelCard(stage=2, ranking_check={"reorder": True}))
+        True
+        >>> stage2_reorders(None)
+        False
+    """
+    return bool(card is not None and card.ranking_check and card.ranking_check.get("reorder") is True)
 
 
 def default_card(stage: int, reasoning: bool = False) -> ModelCard:

@@ -15,7 +15,8 @@ from mmrag_agent.cli.train import train_app
 from mmrag_agent.eval.stage1 import Stage1Reranker
 from mmrag_agent.finetune import Stage1Config, train_stage1
 from mmrag_agent.finetune.datasets import stage1_records, stage1_units
-from mmrag_agent.finetune.fusion import QueryScores, _fold, cross_fit, query_metric
+from mmrag_agent.eval.baselines import make_reranker
+from mmrag_agent.finetune.fusion import QueryScores, _fold, add_listwise_offsets, cross_fit, query_metric
 from mmrag_agent.finetune.shared_prefix import SharedPrefixTrainer, _Groups, question_groups
 from mmrag_agent.finetune.signal import mixed_group_probability, select_signal_records
 from mmrag_agent.finetune.sft import stage1_target
@@ -112,19 +113,23 @@ def _whole_sequence_loss(model, group, listwise: float = 0.0, answer_ids=(0, 1))
         total = total + weight * loss
         at = logits[len(group.prefix) + answer - 1]
         margins.append(at[answer_ids[0]] - at[answer_ids[1]])
-    margins = torch.stack(margins)
+    margins = torch.stack(margins) + torch.tensor(group.offsets or [0.0] * len(margins))
     relevant = torch.tensor(group.relevant)
     return total + listwise * (torch.logsumexp(margins, 0) - torch.logsumexp(margins[relevant], 0))
 
 
-@pytest.mark.parametrize("listwise", [0.0, 0.7])
-def test_shared_prefix_loss_and_gradient_equal_the_whole_sequence_ones(tiny, listwise):
+@pytest.mark.parametrize("listwise, offsets", [(0.0, False), (0.7, False), (0.7, True)])
+def test_shared_prefix_loss_and_gradient_equal_the_whole_sequence_ones(tiny, listwise, offsets):
     from peft import LoraConfig, get_peft_model
 
     from mmrag_agent.inference.scoring import answer_token_ids
 
     records = stage1_records(EXAMPLES[:3], negatives_per_positive=None, tokenizer=tiny.tokenizer)
+    if offsets:  # the retriever's part of the fused score, as sft_listwise_retrieval adds it
+        for i, record in enumerate(records):
+            record["listwise_offset"] = [1.5, 0.0, 0.4, 2.0][i % 4]
     groups = question_groups(records, [stage1_target(r, prefix="<answer>") for r in records], tiny.processor, "<answer>")
+    assert any(any(g.offsets) for g in groups) == offsets
     torch.manual_seed(0)
     model = get_peft_model(load_model(tiny.name, dtype="float32").model,
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False))
@@ -143,6 +148,44 @@ def test_shared_prefix_loss_and_gradient_equal_the_whole_sequence_ones(tiny, lis
         assert shared.item() == pytest.approx(plain.item(), rel=1e-4)
         for a, b in zip(grads, plain_grads):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_listwise_offsets_are_the_retrievers_normalised_scores_of_each_question():
+    records = stage1_records(EXAMPLES, negatives_per_positive=None)
+    bm25 = make_reranker("bm25")
+    add_listwise_offsets(records, EXAMPLES, bm25, scale=2.0)
+    for example in EXAMPLES:
+        scores = dict(zip(example.candidate_ids(), bm25.score(example.query, example.candidates)))
+        offsets = {r["candidate_id"]: r["listwise_offset"] for r in records if r["qid"] == example.qid}
+        assert offsets.keys() == scores.keys()
+        low, high = min(scores.values()), max(scores.values())
+        for cid, score in scores.items():  # min-max over the question's candidates, times the scale
+            assert offsets[cid] == pytest.approx(2.0 * ((score - low) / (high - low) if high > low else 1.0))
+
+
+def test_listwise_offsets_favouring_the_positives_lower_the_listwise_term(tiny):
+    from mmrag_agent.inference.scoring import answer_token_ids
+
+    records = stage1_records(EXAMPLES[:2], negatives_per_positive=None, tokenizer=tiny.tokenizer)
+    trainer = SharedPrefixTrainer.__new__(SharedPrefixTrainer)
+    trainer.pairs_per_group, trainer.answer_ids = 1.0, tuple(answer_token_ids(tiny.tokenizer))
+    model = load_model(tiny.name, dtype="float32").model.eval()
+
+    def listwise_term(offset_of_positive: float) -> float:
+        for record in records:
+            record["listwise_offset"] = offset_of_positive if record["label"] == "yes" else 0.0
+        groups = question_groups(records, [stage1_target(r, prefix="<answer>") for r in records], tiny.processor, "<answer>")
+        data = _Groups(groups, pad_id=tiny.tokenizer.pad_token_id or 0)
+        with torch.no_grad():
+            trainer.listwise_weight = 1.0
+            both = sum(trainer.compute_loss(model, data[i]).item() for i in range(len(groups)))
+            trainer.listwise_weight = 0.0
+            pointwise = sum(trainer.compute_loss(model, data[i]).item() for i in range(len(groups)))
+        return both - pointwise
+
+    # where the retriever already ranks the positives first, the term (and its gradient) shrinks; where it ranks
+    # them last, it grows: the term trains what the retriever gets wrong
+    assert listwise_term(3.0) < listwise_term(0.0) < listwise_term(-3.0)
 
 
 def test_lora_layers_adapt_only_the_last_layers(tiny, tmp_path):
@@ -232,7 +275,7 @@ def _tiny_recipe(tmp_path, **overrides):
 
 def test_stage1_recipe_writes_the_cross_fitted_fusion_that_serving_reads(tiny_qwen2_dir, data_file, tmp_path):
     config = Stage1Config(data=str(data_file), model_name_or_path=str(tiny_qwen2_dir), first_stage="bm25",
-                          **_tiny_recipe(tmp_path))
+                          **_tiny_recipe(tmp_path, sft_listwise_weight=1.0, sft_listwise_retrieval=2.0))
     result = train_stage1(config)
     card = read_model_card(result.output_dir)
     warm = card.training["sft_warm_start"]

@@ -24,6 +24,7 @@ from mmrag_agent.finetune.rewards import (
 )
 from mmrag_agent.model_card import ModelCard, read_model_card
 from mmrag_agent.models import load_model
+from mmrag_agent.postprocessors import Stage2ListwiseReranker
 from mmrag_agent.postprocessors.stage1 import Stage1RelevanceFilter
 from mmrag_agent.prompts import PROMPT_VERSION
 
@@ -230,13 +231,20 @@ def test_stage2_continues_the_stage1_adapter_after_an_auto_warm_start(stage1_lor
     out = tmp_path / "stage2"
     config = Stage2Config(data=str(data_file), stage1_output=str(stage1_lora.output_dir), output_dir=str(out), max_steps=2, k=3,
                           permutations=2, **tiny_run(sft_warm_start="auto", sft_max_steps=2, format_probe_prompts=2,
-                                                     format_probe_generations=2, max_completion_length=8))
+                                                     format_probe_generations=2, max_completion_length=32))
     result = train_stage2(config)
     assert_reward_logged(result.log_history, "rewards/stage2_format_reward/mean")
     assert {"rewards/stage2_rank_reward/mean", "rewards/stage2_answer_reward/mean"} <= {k for h in result.log_history for k in h}
     card = read_model_card(out)
     assert (card.stage, card.kind, card.training["init_from"], card.base_model) == (2, "lora", str(stage1_lora.output_dir), str(tiny_qwen2_dir))
-    assert (card.assistant_prefix, card.candidates_per_prompt, card.max_new_tokens, card.reasoning) == ("<think>", 3, 8, False)
+    assert (card.assistant_prefix, card.candidates_per_prompt, card.max_new_tokens, card.reasoning) == ("<think>", 3, 32, False)
+    # the held-out check of stage 2's ranking against the fused stage-1 order it is given, which serving reads
+    check = card.ranking_check
+    assert check["queries"] == card.training["data"]["held_out_queries"] and check["stage1_model"] == str(stage1_lora.output_dir)
+    assert check["input_order"] == "fused stage 1" and {"p@1", "mrr"} <= set(check["input"]) & set(check["stage2"])
+    better = [check["stage2"][m] - check["input"][m] for m in ("p@1", "mrr")]
+    assert check["reorder"] == (min(better) >= 0 and max(better) > 0)
+    assert Stage2ListwiseReranker(str(out)).reorder == check["reorder"]
     # The random model fails the format probe, so the warm start ran (its 2 steps) and was saved on its own
     warm = card.training["sft_warm_start"]
     assert warm["ran"] and warm["probe"]["format_rate"] < 0.5 and warm["probe"]["n"] == 4

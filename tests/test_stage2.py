@@ -63,6 +63,26 @@ def test_unusable_output_falls_back_to_the_incoming_stage1_order_not_reversed(ti
     assert [n.node.metadata["stage2_rank"] for n in kept] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("reorder", [None, False, True])
+def test_stage2_reorders_only_when_told_or_when_its_card_check_found_it_ranks_better(tiny_vlm, tmp_path, reorder):
+    nodes = candidates(tmp_path)
+    stage2 = Stage2Model(tiny_vlm)  # no model card: no held-out check, so by default the incoming order stands
+    completion = "The third passage names the city.</think>\n<rank>[3] > [2]</rank>\n<answer>Barcelona [3].</answer>"
+    stage2.remember(QUERY, views(nodes), stage2.finish(QUERY, views(nodes), completion))
+    reranker = Stage2ListwiseReranker(stage2, reorder=reorder)
+    kept = reranker.postprocess_nodes(nodes, query_str=QUERY)
+    ids = [n.node.node_id for n in nodes]
+    if reorder:  # the model's ranking: the ranked nodes, best first, score 1 / rank
+        assert [n.node.node_id for n in kept] == [ids[2], ids[1]] and [n.score for n in kept] == [1.0, 0.5]
+    else:  # every shown node in the incoming order with its incoming score; stage 2's judgement is evidence
+        assert [n.node.node_id for n in kept] == ids and [n.score for n in kept] == [0.9, 0.8, 0.7]
+        assert [n.node.metadata["stage2_rank"] for n in kept] == [None, 2, 1]
+        assert [n.node.metadata["stage2_cited"] for n in kept] == [False, False, True]
+    assert all(n.node.metadata["stage2_reordered"] is bool(reorder) for n in kept)
+    card_says = stage2.card.__class__(stage=2, ranking_check={"reorder": True})
+    assert Stage2ListwiseReranker(Stage2Model(tiny_vlm, card=card_says)).reorder is True
+
+
 def test_streamed_deltas_are_exactly_the_answer_span():
     from mmrag_agent.format import parse_stage2_output
     from mmrag_agent.inference.stage2 import answer_deltas
@@ -220,6 +240,34 @@ def test_eval_cli_reports_source_and_answer_metrics(reranker, query_batch, tiny_
     first = written["per_query"][0]
     assert sorted(first["ranking"]) == list("abcdefg")  # every candidate ranked exactly once
     assert set(first["selected"]) <= set("abcdefg") and isinstance(first["answer"], str)
+
+
+def test_pipeline_keeping_the_order_ranks_exactly_as_its_stage1_model(tiny_qwen2_dir, tiny_qwen2_vl_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmrag_agent.cli import app
+
+    rows = [{"qid": f"q{i}", "query": f"Which city hosted games {i}?", "positives": ["c"], "answers": ["Barcelona"],
+             "candidates": [{"id": c, "modality": "text", "text": f"{c} hosted games {i * 3 % 7}", "title": c.upper()} for c in "abcdefg"]}
+            for i in range(3)]
+    data = tmp_path / "rerank.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+
+    def ranked(*args):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"
+        result = CliRunner().invoke(app, ["eval", "rerank", "--data", str(data), "--out", str(out), "--per-query", *args])
+        assert result.exit_code == 0, result.output
+        return [q["ranking"] for q in json.loads(out.read_text())["per_query"]]
+
+    stage1 = ranked("--reranker", "stage1", "--model", str(tiny_qwen2_dir))
+    # stage 2 is another model; kept order: the pipeline's ranking is its stage-1 model's, whatever stage 2 wrote
+    assert ranked("--reranker", "pipeline", "--model", str(tiny_qwen2_vl_dir), "--stage1-model", str(tiny_qwen2_dir),
+                  "--keep-order") == stage1
+    assert ranked("--reranker", "pipeline", "--model", str(tiny_qwen2_vl_dir), "--stage1-model", str(tiny_qwen2_dir)) == stage1  # no card check
+    bad = CliRunner().invoke(app, ["eval", "rerank", "--data", str(data), "--reranker", "stage1", "--stage1-model", "x"])
+    assert bad.exit_code == 2 and "--stage1-model is used by the pipeline reranker" in bad.output
 
 
 def test_answer_metrics_of_a_judgement_by_hand():

@@ -38,6 +38,8 @@ def rerank(
     first_stage: Optional[str] = typer.Option(None, "--first-stage", help="stage1 / pipeline: fuse P(relevant) with this retriever's scores on the same candidates: none | bm25 | embedding (default: the model card's, else none)."),
     allow_outside_images: bool = typer.Option(False, "--allow-outside-images", help="Let image_path point outside the data file's folder (e.g. the images of a converted dataset)."),
     fusion_weight: Optional[float] = typer.Option(None, "--fusion-weight", min=0.0, max=1.0, help="stage1 / pipeline: weight of P(relevant) in the fused score (default: the model card's fitted weight, else the zero-shot default)."),
+    stage1_model: Optional[str] = typer.Option(None, "--stage1-model", help="pipeline: the stage-1 model (e.g. a `mmrag train stage1` output; default: --model)."),
+    reorder: Optional[bool] = typer.Option(None, "--reorder/--keep-order", help="stage2 / pipeline: rank by stage 2's ranking, or keep the order it is given (default: as the stage-2 model card's held-out ranking check decided; no check: keep the order)."),
 ) -> None:
     """Rank each query's candidates with a reranker and report P@1, MRR, NDCG@k and Recall@k (per-query means)."""
     from ..schema import DatasetError, read_rerank_examples
@@ -64,9 +66,11 @@ def rerank(
         kwargs["query_batch"] = query_batch
     if first_stage is not None and first_stage not in ("none", "bm25", "embedding"):
         fail(f"--first-stage must be none, bm25 or embedding, got {first_stage!r}")
-    for name, value in (("--first-stage", first_stage), ("--fusion-weight", fusion_weight)):
-        if value is not None and reranker not in ("stage1", "pipeline"):
-            fail(f"{name} is used by the stage1 and pipeline rerankers, not {reranker}")
+    for name, value, users in (("--first-stage", first_stage, ("stage1", "pipeline")),
+                               ("--fusion-weight", fusion_weight, ("stage1", "pipeline")),
+                               ("--stage1-model", stage1_model, ("pipeline",)), ("--reorder", reorder, ("stage2", "pipeline"))):
+        if value is not None and reranker not in users:
+            fail(f"{name} is used by the {' and '.join(users)} reranker{'s' if len(users) > 1 else ''}, not {reranker}")
         if value is not None:
             kwargs[name.lstrip("-").replace("-", "_")] = value
     if reranker in ("stage1", "stage2", "pipeline"):

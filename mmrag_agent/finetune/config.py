@@ -313,6 +313,11 @@ class Stage1Config(StageConfig):
     sft_listwise_weight: float = field(default=0.0, metadata=_help(
         "Shared-prefix warm start: weight of a list-wise term, the softmax cross-entropy of the positives among each "
         "question's candidates on logit(yes) - logit(no) (what ranking by P(relevant) orders); 0: point-wise SFT only."))
+    sft_listwise_retrieval: float = field(default=0.0, metadata=_help(
+        "Shared-prefix warm start with a list-wise term and a first_stage retriever: add this times the retriever's "
+        "min-max normalised score (per question) to each candidate's margin in the list-wise term, so that it trains "
+        "the ranking stage 1 is fused into and learns what the retriever misses (its largest gradients are where "
+        "the retriever ranks a negative first). 0: the term ranks by stage 1 alone."))
     sft_questions_per_step: int = field(default=4, metadata=_help(
         "Shared-prefix warm start: questions (each with all its candidates) per optimizer step."))
     grpo_pool_factor: int = field(default=4, metadata=_help(
@@ -340,6 +345,8 @@ class Stage1Config(StageConfig):
                               ("fusion_metric", ("mrr", "p@1"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.sft_listwise_retrieval < 0:
+            raise ConfigError(f"sft_listwise_retrieval must be >= 0, got {self.sft_listwise_retrieval}")
         if self.fusion_folds < 2:
             raise ConfigError(f"fusion_folds must be at least 2 (fit on some folds, score the others), got {self.fusion_folds}")
         if self.sft_questions_per_step < 1 or self.grpo_pool_factor < 0:
@@ -378,8 +385,15 @@ class Stage2Config(StageConfig):
     answer_weight: float = field(default=1.0, metadata=_help("Weight of the answer-accuracy reward (the method's 1.0)."))
     answers_are_list: bool = field(default=False, metadata=_help(
         "Score several gold answers as one list answer (MultimodalQA list questions) instead of alternatives."))
+    ranking_check_queries: int = field(default=60, metadata=_help(
+        "After training, on this many held-out questions: the pipeline (stage1_output's fused stage 1, then stage 2 "
+        "on its top k) ranked by stage 2 and by stage 1's order; the model card's ranking_check records both, and "
+        "serving lets stage 2 reorder only when it ranked better (a reranker must not rank worse than its input). "
+        "0 or no stage1_output: no check, and serving keeps the incoming order."))
 
     def __post_init__(self):
+        if self.ranking_check_queries < 0:
+            raise ConfigError(f"ranking_check_queries must be >= 0, got {self.ranking_check_queries}")
         if self.init_from not in ("stage1", "base"):
             raise ConfigError(f"init_from must be stage1 or base, got {self.init_from!r}")
         super().__post_init__()

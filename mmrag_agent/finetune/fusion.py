@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..eval.ranking import ranking_from_scores, ranking_metrics
-from ..inference.fusion import fit_fusion_weight, fuse
+from ..inference.fusion import fit_fusion_weight, fuse, normalise_per_group
 
-__all__ = ["FUSION_GRID", "QueryScores", "cross_fit", "first_stage_retrievers", "fit_fusion", "query_metric", "retriever_scores"]
+__all__ = ["FUSION_GRID", "QueryScores", "add_listwise_offsets", "cross_fit", "first_stage_retrievers", "fit_fusion", "query_metric", "retriever_scores"]
 
 #: The weights of P(relevant) tried: 0, 0.05, ..., 0.9, then 0.91, ..., 1. A small model's P(relevant) often spans
 #: a tenth of [0, 1] within a question while the min-max normalised retrieval score spans all of it, so the weights
@@ -165,6 +165,31 @@ def retriever_scores(rows: Sequence[QueryScores], examples: Sequence, retrievers
         for row in rows:
             example = by_qid[row.qid]
             row.retrieval[name] = [float(s) for s in retriever.score(example.query, example.candidates)]
+
+
+def add_listwise_offsets(records: list[dict], examples: Sequence, retriever, scale: float) -> None:
+    """Set each stage-1 training record's ``listwise_offset``: ``scale`` x the first-stage retriever's score of its
+    candidate, min-max normalised over its question's candidates as serving normalises it (``sft_listwise_retrieval``).
+
+    Args:
+        records: Stage-1 records with ``qid`` and ``candidate_id`` (:func:`~.datasets.stage1_records`); changed in place.
+        examples: The training examples the records come from.
+        retriever: A reranker with ``score(query, candidates)`` (the first stage, e.g. all-MiniLM-L6-v2).
+        scale: The offset of the retriever's best candidate over its worst, in units of the yes-no logit margin.
+
+    Example:
+        >>> add_listwise_offsets(records, train_examples, make_reranker("bm25"), 2.0)
+        >>> max(r["listwise_offset"] for r in records)
+        2.0
+    """
+    by_qid = {str(e.qid): e for e in examples}
+    offsets: dict[tuple[str, str], float] = {}
+    for qid in dict.fromkeys(str(r["qid"]) for r in records):
+        example = by_qid[qid]
+        normalised = normalise_per_group([float(s) for s in retriever.score(example.query, example.candidates)])
+        offsets.update({(qid, str(c.id)): scale * n for c, n in zip(example.candidates, normalised)})
+    for record in records:
+        record["listwise_offset"] = offsets[(str(record["qid"]), str(record["candidate_id"]))]
 
 
 def fit_fusion(rows: Sequence[QueryScores], examples: Sequence, first_stage: str, retrievers: dict | None = None, folds: int = 2,

@@ -40,6 +40,9 @@ class QuestionGroup:
         weights: Per candidate, its loss weight.
         answers: Per candidate, where its yes/no answer token sits within its suffix (-1: none found).
         relevant: Per candidate, whether its label is yes.
+        offsets: Per candidate, a fixed score added to its yes-no margin in the list-wise term (the record's
+            ``listwise_offset``: the first-stage retriever's normalised score, scaled), so that the term trains the
+            fused ranking; empty: none.
     """
 
     qid: str
@@ -49,6 +52,7 @@ class QuestionGroup:
     weights: list[float]
     answers: list[int] = field(default_factory=list)
     relevant: list[bool] = field(default_factory=list)
+    offsets: list[float] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -65,7 +69,7 @@ def question_groups(records: Sequence[dict], targets: Sequence[str], processor, 
     original template applied to prompt + assistant turn ``prefix + target``: the target and the end of the turn).
 
     Args:
-        records: Stage-1 records (``prompt``, ``qid``, optionally ``weight``), text only.
+        records: Stage-1 records (``prompt``, ``qid``, optionally ``weight`` and ``listwise_offset``), text only.
         targets: Per record, the gold completion after ``prefix`` (:func:`~.sft.stage1_target`).
         processor: The original tokenizer (its chat template has no pre-filled prefix).
         prefix: The run's assistant prefix.
@@ -87,7 +91,7 @@ def question_groups(records: Sequence[dict], targets: Sequence[str], processor, 
 
     tokenizer = getattr(processor, "tokenizer", processor)
     yes_no = set(answer_token_ids(tokenizer))
-    by_question: dict[str, list[tuple[list[int], list[int], float, bool]]] = {}
+    by_question: dict[str, list[tuple[list[int], list[int], float, bool, float]]] = {}
     for record, target in zip(records, targets, strict=True):
         if record.get("image") or record.get("images"):
             raise ValueError("the shared-prefix warm start takes text records only; use sft_shared_prefix=False for images")
@@ -100,16 +104,16 @@ def question_groups(records: Sequence[dict], targets: Sequence[str], processor, 
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
         by_question.setdefault(str(record["qid"]), []).append((prompt_ids, completion_ids, float(record.get("weight", 1.0)),
-                                                               record.get("label") == "yes"))
+                                                               record.get("label") == "yes", float(record.get("listwise_offset", 0.0))))
     groups = []
     for qid, rows in by_question.items():
         for start in range(0, len(rows), max_group):
             part = rows[start:start + max_group]
-            n = _common_prefix_length([p for p, _, _, _ in part])
-            answers = [_answer_position(len(p) - n, c, yes_no) for p, c, _, _ in part]
-            groups.append(QuestionGroup(qid=qid, prefix=part[0][0][:n], suffixes=[p[n:] + c for p, c, _, _ in part],
-                                        completion_starts=[len(p) - n for p, _, _, _ in part], weights=[w for _, _, w, _ in part],
-                                        answers=answers, relevant=[y for _, _, _, y in part]))
+            n = _common_prefix_length([row[0] for row in part])
+            answers = [_answer_position(len(p) - n, c, yes_no) for p, c, *_ in part]
+            groups.append(QuestionGroup(qid=qid, prefix=part[0][0][:n], suffixes=[p[n:] + c for p, c, *_ in part],
+                                        completion_starts=[len(row[0]) - n for row in part], weights=[row[2] for row in part],
+                                        answers=answers, relevant=[row[3] for row in part], offsets=[row[4] for row in part]))
     return groups
 
 
@@ -152,7 +156,8 @@ class _Groups:
         return {"prefix_ids": torch.tensor([group.prefix], dtype=torch.long), "suffix_ids": ids, "suffix_mask": own,
                 "targets": targets, "weights": torch.tensor(group.weights, dtype=torch.float32),
                 "answers": torch.tensor(group.answers or [-1] * len(group.suffixes), dtype=torch.long),
-                "relevant": torch.tensor(group.relevant or [False] * len(group.suffixes), dtype=torch.bool)}
+                "relevant": torch.tensor(group.relevant or [False] * len(group.suffixes), dtype=torch.bool),
+                "offsets": torch.tensor(group.offsets or [0.0] * len(group.suffixes), dtype=torch.float32)}
 
 
 def _one_group(batch: list[dict]) -> dict:
@@ -168,7 +173,10 @@ class SharedPrefixTrainer(Trainer):
 
     The list-wise term is the softmax cross-entropy of the positives among the question's candidates, on the margin
     ``logit(yes) - logit(no)`` at each answer position (the quantity P(relevant) is a monotone function of, so the
-    ranking serving makes): ``-log(sum over positives of softmax(margins))``, for groups with both classes.
+    ranking serving makes): ``-log(sum over positives of softmax(margins))``, for groups with both classes. With
+    per-candidate ``offsets`` (the first-stage retriever's normalised score, scaled) the softmax is over
+    ``margins + offsets``: the term then trains the ranking stage 1 is fused into, so its gradient is largest
+    where the retriever's order is wrong and stage 1 learns the signal the retriever lacks.
 
     Args:
         pairs_per_group: The mean number of candidates per group: the loss of a group is its weighted sum over
@@ -211,6 +219,8 @@ class SharedPrefixTrainer(Trainer):
             where = torch.searchsorted(keep, answers - 1)  # the position predicting each answer token
             pair = logits[torch.arange(batch, device=logits.device), where][:, list(self.answer_ids)].float()
             margins = pair[:, 0] - pair[:, 1]
+            if inputs.get("offsets") is not None:  # the retriever's part of the fused score: train what it misses
+                margins = margins + inputs["offsets"].to(margins.device)
             listwise = torch.logsumexp(margins, dim=0) - torch.logsumexp(margins[relevant], dim=0)
             loss = loss + self.listwise_weight * listwise
         return (loss, {"logits": logits}) if return_outputs else loss

@@ -36,8 +36,8 @@ from ..schema import DatasetError, read_rerank_examples
 from .callbacks import ProgressBarCallback, evaluate_in_chunks
 from .config import Stage1Config, Stage2Config, StageConfig
 from .datasets import split_by_question, stage1_records, stage2_records
-from .evaluation import evaluate_stage2, score_stage1, stage1_metrics
-from .fusion import first_stage_retrievers, fit_fusion
+from .evaluation import eval_mode, evaluate_stage2, score_stage1, stage1_metrics
+from .fusion import add_listwise_offsets, first_stage_retrievers, fit_fusion
 from .shared_prefix import question_groups, shared_prefix_warm_start
 from .signal import select_signal_records
 from .policy import as_loaded, load_start_model, stage2_start
@@ -106,6 +106,9 @@ def train_stage1(config: Stage1Config, reward_funcs: Sequence[Callable] | None =
         train_examples, None if every else config.negatives_per_positive, config.seed, with_images, config.reasoning,
         data_file=config.data, tokenizer=start.loaded.tokenizer, max_text_tokens=config.max_text_tokens))
     targets = [stage1_target(r, config.reasoning, config.assistant_prefix) for r in records]
+    if config.sft_listwise_retrieval and config.sft_listwise_weight and config.first_stage != "none":
+        retrievers = retrievers or first_stage_retrievers(config.first_stage, str(config.device))
+        add_listwise_offsets(records, train_examples, retrievers[config.first_stage], config.sft_listwise_retrieval)
 
     # 3. Rewards: format and format-gated accuracy, weighted by TRL (each logged as rewards/<name>/mean)
     funcs, weights = stage1_rewards(config) if reward_funcs is None else (list(reward_funcs), config.reward_weights)
@@ -204,11 +207,30 @@ def train_stage2(config: Stage2Config, reward_funcs: Sequence[Callable] | None =
             held_out, chunk_size=config.eval_batch_size, desc="held-out evaluation", progress=config.progress_bar,
             counts={"answer_f1": lambda chunk: sum(bool(e.positives and e.answers) for e in chunk)})
 
-    # 5. Format probe and SFT warm start, GRPO, output directory
+    # 5. Does stage 2 rank better than the fused stage-1 order it is given? The card records it; serving reads it
+    def finish(final_card, trainer):
+        checked = held_out[: config.ranking_check_queries]
+        if not checked or not config.stage1_output:
+            return
+        from ..eval.rerank import shuffle_candidates
+        from ..eval.stage2 import Stage2Reranker, ranking_check
+        from ..models import load_model
+
+        began = time.perf_counter()
+        stage1 = load_model(config.stage1_output, device=str(config.device))
+        with eval_mode(trainer.model):
+            reranker = Stage2Reranker(as_loaded(trainer.model, start.loaded), pipeline=True, stage1_model=stage1, keep=config.k,
+                                      data_file=eval_file, device=str(config.device), query_batch=config.eval_batch_size,
+                                      card=final_card)
+            final_card.ranking_check = {**ranking_check(reranker, shuffle_candidates(checked, seed=config.split_seed)),
+                                        "stage1_model": str(config.stage1_output), "fusion": reranker.fusion,
+                                        "seconds": round(time.perf_counter() - began, 1)}
+
+    # 6. Format probe and SFT warm start, GRPO, output directory
     return run_stage(StageRun(
         config=config, out=out, resume=resume, start=start, records=records,
         targets=[stage2_target(r, config.assistant_prefix) for r in records], reward_funcs=funcs, reward_weights=weights,
-        evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks),
+        evaluate=evaluate, held_out=held_out, data_info=data_info, callbacks=list(callbacks), finish_card=finish,
         format_reward=functools.partial(stage2_format_reward, prefix=config.assistant_prefix)))
 
 

@@ -9,6 +9,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore
 
 from ..inference import Stage2Model
+from ..model_card import stage2_reorders
 from ..models.loading import LoadedModel
 from .base import LOAD_DEFAULTS, ModelReranker, annotated_copy, node_view, resolve_model
 
@@ -35,20 +36,29 @@ def judged_nodes(nodes: List[NodeWithScore]) -> List[NodeWithScore]:
 
 
 class Stage2ListwiseReranker(ModelReranker):
-    """Rerank nodes list-wise with the stage-2 model and keep the ones it ranks (the cited sources).
+    """Judge nodes list-wise with the stage-2 model; rerank them by its ranking only where that is known to help.
 
     The model sees the query and the nodes at once (images as pixels for vision-language models) in the prompt it
-    was trained with (its model card), and writes reasoning, a ranking and an answer; this postprocessor keeps the
-    ranked nodes in the model's order. When the output has no usable ranking, the ranking is the incoming
-    (stage-1) order, with a warning. Returned nodes are copies carrying ``stage2_position`` (their ``[n]``),
-    ``stage2_rank`` (1 = most relevant) and ``stage2_cited``; their score is 1 / rank. Give the same
+    was trained with (its model card), and writes reasoning, a ranking and an answer.
+
+    * **Reordering** (``reorder`` true, or by default when the model card's held-out ``ranking_check`` found stage
+      2 ranking better than the order it was given): the ranked nodes are kept in the model's order, score 1 / rank;
+      when the output has no usable ranking, the incoming (stage-1) order, with a warning.
+    * **Otherwise** (the default for a model without such a check, e.g. any zero-shot model: a reranker that ranks
+      worse than its input does harm): the shown nodes keep their incoming order and scores, and stage 2's
+      judgement is evidence on them.
+
+    Returned nodes are copies carrying ``stage2_position`` (their ``[n]``), ``stage2_rank`` (1 = most relevant,
+    None: not ranked), ``stage2_cited`` and ``stage2_reordered``. Give the same
     :class:`~mmrag_agent.inference.Stage2Model` to an :class:`~mmrag_agent.postprocessors.ExplainableSynthesizer`
     and the model generates once per query.
 
     Args:
         model: A :class:`~mmrag_agent.inference.Stage2Model` to share, a loaded model, or a name (hub id, directory,
             ``.gguf``, adapter directory, ``"smollm2"``).
-        top_n: Keep at most this many ranked nodes (None: all ranked).
+        top_n: Keep at most this many ranked nodes (None: all ranked; without reordering, all shown).
+        reorder: Let the model's ranking replace the incoming order (None: as the model card's ``ranking_check``
+            decided, :func:`~mmrag_agent.model_card.stage2_reorders`; no check: keep the incoming order).
         return_dropped: Also return the nodes shown but not ranked (``stage2_rank=None``) and the nodes stage 1
             returned only as evidence, after the ranked ones, for an explanation.
         max_new_tokens: Generation budget (None: the model card's, else 256).
@@ -67,17 +77,19 @@ class Stage2ListwiseReranker(ModelReranker):
     model: str = Field(description="The model's name: hub id, directory, .gguf file, adapter directory or preset.")
     top_n: Optional[int] = Field(default=None, ge=1, description="Keep at most this many ranked nodes (None: all ranked).")
     return_dropped: bool = Field(default=False, description="Also return unranked and dropped nodes, as evidence.")
+    reorder: bool = Field(description="Whether stage 2's ranking replaces the incoming order (default: the model card's "
+                                      "held-out ranking_check; none: keep the incoming order).")
 
     _stage2: Stage2Model = PrivateAttr()
 
     def __init__(self, model: str | LoadedModel | Stage2Model = "smollm2", *, top_n: Optional[int] = None,
-                 return_dropped: bool = False, max_new_tokens: Optional[int] = None, max_text_tokens: Optional[int] = None,
+                 return_dropped: bool = False, reorder: Optional[bool] = None, max_new_tokens: Optional[int] = None, max_text_tokens: Optional[int] = None,
                  device: Optional[str] = None, dtype: Optional[str] = None, max_pixels: Optional[int] = None,
                  callback_manager: Optional[CallbackManager] = None) -> None:
         stage2 = stage2_model(model, "Stage2ListwiseReranker", max_new_tokens, max_text_tokens, device=device, dtype=dtype,
                               max_pixels=max_pixels)
         super().__init__(model=stage2.loaded.name, top_n=top_n, return_dropped=return_dropped,
-                         callback_manager=callback_manager or CallbackManager([]))
+                         reorder=stage2_reorders(stage2.card) if reorder is None else reorder, callback_manager=callback_manager or CallbackManager([]))
         self._stage2 = stage2
 
     @classmethod
@@ -94,16 +106,20 @@ class Stage2ListwiseReranker(ModelReranker):
             return list(nodes) if self.return_dropped else []
         output = self._stage2.run(query, [node_view(n.node) for n in shown])
         cited = set(output.cited)
-        ranking = output.ranking[: self.top_n] if self.top_n else output.ranking
-        rank_of = {position: rank for rank, position in enumerate(ranking, start=1)}
-        out = []
-        for position in ranking:
-            evidence = {"stage2_position": position, "stage2_rank": rank_of[position], "stage2_cited": position in cited}
-            out.append(NodeWithScore(node=annotated_copy(shown[position - 1].node, evidence), score=1.0 / rank_of[position]))
+        rank_of = {position: rank for rank, position in enumerate(output.ranking, start=1)}
+
+        def judged(position: int, score: Optional[float]) -> NodeWithScore:
+            evidence = {"stage2_position": position, "stage2_rank": rank_of.get(position), "stage2_cited": position in cited,
+                        "stage2_reordered": self.reorder}
+            return NodeWithScore(node=annotated_copy(shown[position - 1].node, evidence), score=score)
+
+        if self.reorder:
+            kept = output.ranking[: self.top_n] if self.top_n else output.ranking
+            out = [judged(position, 1.0 / rank_of[position]) for position in kept]
+        else:  # the incoming order stands; stage 2's ranking is evidence on the nodes
+            kept = list(range(1, len(shown) + 1))[: self.top_n] if self.top_n else list(range(1, len(shown) + 1))
+            out = [judged(position, shown[position - 1].score) for position in kept]
         if self.return_dropped:
-            for position, item in enumerate(shown, start=1):
-                if position not in rank_of:
-                    evidence = {"stage2_position": position, "stage2_rank": None, "stage2_cited": position in cited}
-                    out.append(NodeWithScore(node=annotated_copy(item.node, evidence), score=item.score))
+            out += [judged(position, shown[position - 1].score) for position in range(1, len(shown) + 1) if position not in kept]
             out += [n for n in nodes if not n.node.metadata.get("stage1_kept", True)]
         return out
