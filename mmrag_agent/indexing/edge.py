@@ -176,7 +176,9 @@ def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, Bas
     """
     edge = edge_module()
     config = edge.EdgeConfig(
-        vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine, memory=edge.Memory.Cold),
+        vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine, memory=edge.Memory.Cold,
+                                      quantization_config=edge.ScalarQuantizationConfig(
+                                          edge.ScalarType.Int8, quantile=0.99, memory=edge.Memory.Cached)),
         hnsw_config=edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=edge.Memory.Cached),
         payload_memory=edge.Memory.Cold,
         optimizers=edge.EdgeOptimizersConfig(max_segment_size=MAX_SEGMENT_KB))
@@ -382,7 +384,7 @@ class EdgeVectorStore(BasePydanticVectorStore):
         edge = edge_module()
         params = kwargs.get("search_params")
         if params is None and self.hnsw_ef is not None:
-            params = edge.SearchParams(hnsw_ef=self.hnsw_ef)
+            params = edge.SearchParams(hnsw_ef=self.hnsw_ef, quantization=edge.QuantizationSearchParams(rescore=True, oversampling=2.0))
         request = edge.QueryRequest(limit=query.similarity_top_k, query=edge.Query.Nearest(list(query.query_embedding)),
                                     filter=to_edge_filter(query.filters, query.doc_ids, query.node_ids),
                                     with_payload=True, with_vector=False, params=params)
