@@ -79,6 +79,9 @@ def test_stage2_reorders_only_when_told_or_when_its_card_check_found_it_ranks_be
         assert [n.node.metadata["stage2_rank"] for n in kept] == [None, 2, 1]
         assert [n.node.metadata["stage2_cited"] for n in kept] == [False, False, True]
     assert all(n.node.metadata["stage2_reordered"] is bool(reorder) for n in kept)
+    explained = build_explained_answer(QUERY, kept, stage2.recall(QUERY, ids))  # the explanation lists the served order
+    assert [c.node_id for c in explained.candidates] == [n.node.node_id for n in kept]
+    assert [c.stage2_rank for c in explained.candidates][:2] == ([1, 2] if reorder else [None, 2])
     card_says = stage2.card.__class__(stage=2, ranking_check={"reorder": True})
     assert Stage2ListwiseReranker(Stage2Model(tiny_vlm, card=card_says)).reorder is True
 

@@ -311,6 +311,43 @@ def test_default_search_ef_finds_the_neighbours_a_narrow_search_misses(tmp_path)
         close_shard(path)
 
 
+def test_searches_run_on_quantized_vectors_in_memory_and_return_exact_rescored_scores(tmp_path):
+    """The store's shards keep int8 copies of the vectors in memory for the search and rescore the best hits with
+    the original vectors on disk: once a segment is indexed (and quantized), results and scores are the exact ones."""
+    import qdrant_edge
+
+    from mmrag_agent.indexing.edge import EdgeVectorStore, close_shard, create_shard
+
+    dim, n, k = 384, 8000, 10  # 12 MB of vectors: past the engine's indexing threshold (10 MB), so indexed and quantized
+    path = str(tmp_path / "shard")
+    shard = create_shard(path, dim)
+    try:
+        rng = np.random.default_rng(1)
+        centres = rng.standard_normal((40, dim))
+        vectors = (centres[rng.integers(40, size=n)] + 0.6 * rng.standard_normal((n, dim))).astype("float32")
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store = EdgeVectorStore(path=path)
+        store.add([TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+        shard.optimize()
+        assert shard.info().indexed_vectors_count == n
+        quantized = store.query(VectorStoreQuery(query_embedding=vectors[0].tolist(), similarity_top_k=k),
+                                search_params=qdrant_edge.SearchParams(
+                                    quantization=qdrant_edge.QuantizationSearchParams(rescore=False)))
+        approximate = [abs(s - float(vectors[int(uuid.UUID(i).int) - 1] @ vectors[0])) for i, s in zip(quantized.ids, quantized.similarities)]
+        assert max(approximate) > 1e-4  # without rescoring the scores are the int8 approximations: quantization is on
+        found = 0
+        for q in vectors[rng.integers(n, size=20)] + 0.1 * rng.standard_normal((20, dim)).astype("float32"):
+            q /= np.linalg.norm(q)
+            exact = set(np.argsort(-(vectors @ q))[:k].tolist())
+            result = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=k))
+            rows = [int(uuid.UUID(i).int) - 1 for i in result.ids]
+            assert result.similarities == pytest.approx((vectors[rows] @ q).tolist(), abs=1e-5)  # rescored: exact scores
+            found += len(exact & set(rows))
+        assert found / (20 * k) >= 0.95
+    finally:
+        close_shard(path)
+
+
 def test_writes_past_the_segment_size_are_indexed_as_separate_segments_and_searched_together(tmp_path, monkeypatch):
     """``note_written`` closes a segment every SEGMENT_BYTES of vectors (here 1,024 points of 8-d) and builds its
     HNSW graph; the optimizer does not merge the closed segments back, and a search covers all of them."""

@@ -100,7 +100,8 @@ def build_explained_answer(question: str, nodes: Sequence[Any], judgement: Optio
         timings: Seconds per step.
 
     Returns:
-        The :class:`ExplainedAnswer`; candidates in :func:`_display_order`.
+        The :class:`ExplainedAnswer`; candidates in :func:`_display_order` (stage 2's ranking first), or, when the
+        nodes say stage 2 did not reorder (``stage2_reordered`` false), in the order stage 2 was shown them.
     """
     shown, output = judgement if judgement is not None else ((), None)
     position = {key: i for i, key in enumerate(shown, start=1)}
@@ -122,7 +123,9 @@ def build_explained_answer(question: str, nodes: Sequence[Any], judgement: Optio
             stage1_probability=meta.get("relevance_probability"), fused_score=meta.get("fused_score"),
             kept_by_stage1=bool(meta.get("stage1_kept", True)), stage2_position=position.get(node.node_id),
             stage2_rank=rank.get(node.node_id), cited=node.node_id in cited))
-    rows.sort(key=_display_order)
+    # stage 2 reordered unless its reranker kept the incoming order (then that order is shown; its ranks are evidence)
+    reordered = all(item.node.metadata.get("stage2_reordered", True) for item in nodes)
+    rows.sort(key=_display_order if reordered else _served_order)
     if output is None:
         return ExplainedAnswer(question, NOTHING_RETRIEVED, "", rows, ["nothing was retrieved, or stage 1 kept nothing"],
                                timings=dict(timings or {}), answered=False)
@@ -132,6 +135,11 @@ def build_explained_answer(question: str, nodes: Sequence[Any], judgement: Optio
 
 def _number(value: Optional[float]) -> float:
     return value if value is not None and value == value else float("-inf")  # NaN and None last
+
+
+def _served_order(c: CandidateEvidence) -> tuple:
+    stage1_score = c.fused_score if c.fused_score is not None else c.stage1_probability
+    return (c.stage2_position is None, c.stage2_position or 0, not c.kept_by_stage1, -_number(stage1_score))
 
 
 def _display_order(c: CandidateEvidence) -> tuple:
