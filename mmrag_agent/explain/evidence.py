@@ -61,7 +61,8 @@ class ExplainedAnswer:
         reasoning: The model's reasoning.
         candidates: Every retrieved candidate: those stage 2 ranked, in rank order; then the others it was shown,
             in prompt order; then the rest of those stage 1 kept, then those it dropped, each by the score stage 1
-            ranked by (the fused score, else P(relevant)).
+            ranked by (the fused score, else P(relevant)). When stage 2 did not reorder (its model card's ranking
+            check did not find it better than stage 1), those it was shown come first in prompt order (stage 1's).
         warnings: Problems met on the way (e.g. malformed model output and the fallback used).
         raw_output: The stage-2 model's raw completion.
         timings: Seconds spent per step (``retrieve``, ``stage1``, ``stage2``).
