@@ -312,8 +312,9 @@ def test_default_search_ef_finds_the_neighbours_a_narrow_search_misses(tmp_path)
 
 
 def test_searches_run_on_quantized_vectors_in_memory_and_return_exact_rescored_scores(tmp_path):
-    """The store's shards keep int8 copies of the vectors in memory for the search and rescore the best hits with
-    the original vectors on disk: once a segment is indexed (and quantized), results and scores are the exact ones."""
+    """The store's shards keep quantized copies of the vectors in memory for the search and rescore the best hits
+    with the original vectors on disk: once a segment is indexed (and quantized), the scores are the exact ones and
+    the results those of an exact search on clustered points (where one-bit quantization loses a third of them)."""
     import qdrant_edge
 
     from mmrag_agent.indexing.edge import EdgeVectorStore, close_shard, create_shard
@@ -336,14 +337,14 @@ def test_searches_run_on_quantized_vectors_in_memory_and_return_exact_rescored_s
         approximate = [abs(s - float(vectors[int(uuid.UUID(i).int) - 1] @ vectors[0])) for i, s in zip(quantized.ids, quantized.similarities)]
         assert max(approximate) > 1e-4  # without rescoring the scores are the int8 approximations: quantization is on
         found = 0
-        for q in vectors[rng.integers(n, size=20)] + 0.1 * rng.standard_normal((20, dim)).astype("float32"):
+        for q in vectors[rng.integers(n, size=50)] + 0.1 * rng.standard_normal((50, dim)).astype("float32"):
             q /= np.linalg.norm(q)
             exact = set(np.argsort(-(vectors @ q))[:k].tolist())
             result = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=k))
             rows = [int(uuid.UUID(i).int) - 1 for i in result.ids]
             assert result.similarities == pytest.approx((vectors[rows] @ q).tolist(), abs=1e-5)  # rescored: exact scores
             found += len(exact & set(rows))
-        assert found / (20 * k) >= 0.95
+        assert found / (50 * k) >= 0.9  # one-bit binary quantization: 0.67; int8: 1.0; the store's TurboQuant: 0.996
     finally:
         close_shard(path)
 

@@ -150,6 +150,24 @@ def close_shards() -> None:
         close_shard(key)
 
 
+def vector_quantization(edge: Any) -> Any:
+    """The quantized copy of the vectors the search runs on, read into memory at open (see :func:`create_shard`):
+    TurboQuant at 2 bits per dimension (96 bytes for 384 dimensions)."""
+    return edge.TurboQuantQuantizationConfig(bits=edge.TurboQuantBitSize.Bits2, memory=edge.Memory.Cached)
+
+
+def quantized_search(edge: Any) -> Any:
+    """How a search uses the quantized vectors: the best ``oversampling`` x top-k are rescored with the original
+    vectors (read from disk), so the results are ranked by, and return, the exact scores."""
+    return edge.QuantizationSearchParams(rescore=True, oversampling=QUANTIZED_OVERSAMPLING)
+
+
+#: Candidates rescored with the original vectors, per result asked for. Recall@10 against exact search on 8,000
+#: clustered 384-d points (the store test's data): 0.874 at 3, 0.996 at 8, 1.0 at 16 (int8 scalar: 1.0 at 2;
+#: one-bit binary: 0.672 at 4, 0.942 at 10).
+QUANTIZED_OVERSAMPLING = 8.0
+
+
 def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, BaseException], StoreError] = _generic_error) -> Any:
     """Create an empty shard for ``dim``-d cosine vectors with on-disk keyword indexes on :data:`INDEXED_FIELDS`,
     and keep it open.
@@ -177,8 +195,7 @@ def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, Bas
     edge = edge_module()
     config = edge.EdgeConfig(
         vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine, memory=edge.Memory.Cold,
-                                      quantization_config=edge.ScalarQuantizationConfig(
-                                          edge.ScalarType.Int8, quantile=0.99, memory=edge.Memory.Cached)),
+                                      quantization_config=vector_quantization(edge)),
         hnsw_config=edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=edge.Memory.Cached),
         payload_memory=edge.Memory.Cold,
         optimizers=edge.EdgeOptimizersConfig(max_segment_size=MAX_SEGMENT_KB))
@@ -384,7 +401,7 @@ class EdgeVectorStore(BasePydanticVectorStore):
         edge = edge_module()
         params = kwargs.get("search_params")
         if params is None and self.hnsw_ef is not None:
-            params = edge.SearchParams(hnsw_ef=self.hnsw_ef, quantization=edge.QuantizationSearchParams(rescore=True, oversampling=2.0))
+            params = edge.SearchParams(hnsw_ef=self.hnsw_ef, quantization=quantized_search(edge))
         request = edge.QueryRequest(limit=query.similarity_top_k, query=edge.Query.Nearest(list(query.query_embedding)),
                                     filter=to_edge_filter(query.filters, query.doc_ids, query.node_ids),
                                     with_payload=True, with_vector=False, params=params)
