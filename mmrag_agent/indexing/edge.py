@@ -179,9 +179,9 @@ def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, Bas
       are rescored with the original vectors. Without it the first searches after opening paid for reading the
       float vectors they touch from disk (1,000,000 points: p50 38.9 / p95 136.7 ms with the vectors memory-mapped,
       16.3 / 39.6 ms and open 2.29 s with all of them read at open); with int8 scalar quantization (384 MB) the
-      searches took p95 8.2 ms but opening 3.40 s. At 200,000 points, open / p95 / recall@20: int8 0.90 s /
-      10.8 ms / 1.000, TurboQuant 2-bit 0.40 s / 11.9 ms / 0.995, binary 1-bit 0.23 s / 6.6 ms / 0.986 (but 0.67
-      recall on the more clustered points of the store test).
+      searches took p95 8.2 ms but opening 3.40 s. At 200,000 points, open / p95 / recall@20 (oversampling): int8
+      0.90 s / 10.8 ms / 1.000 (2), TurboQuant 2-bit 0.40 s / 11.9 ms / 0.995 (3), binary 1-bit 0.23 s / 6.6 ms /
+      0.986 (4), but on the more clustered points of the store test binary kept 0.67 of the exact top 10.
     * original vectors ``Memory.Cold`` (memory-mapped, only the rescored hits are read).
     * HNSW graph ``Memory.Cached`` (read at open; 11 MB at 200,000 points): with the graph Cold the first
       searches after opening a store whose files are out of the page cache were slower (p95 51 vs 35 ms, one run
