@@ -152,8 +152,8 @@ def close_shards() -> None:
 
 def vector_quantization(edge: Any) -> Any:
     """The quantized copy of the vectors the search runs on, read into memory at open (see :func:`create_shard`):
-    TurboQuant at 4 bits per dimension (192 bytes for 384 dimensions)."""
-    return edge.TurboQuantQuantizationConfig(bits=edge.TurboQuantBitSize.Bits4, memory=edge.Memory.Cached)
+    TurboQuant at 2 bits per dimension (96 bytes for 384 dimensions)."""
+    return edge.TurboQuantQuantizationConfig(bits=edge.TurboQuantBitSize.Bits2, memory=edge.Memory.Cached)
 
 
 def quantized_search(edge: Any) -> Any:
@@ -166,7 +166,7 @@ def quantized_search(edge: Any) -> Any:
 #: here: at 100,000 points TurboQuant 2-bit at 8 took p50 12.6 ms). Recall@10 against exact search on 8,000
 #: clustered 384-d points (the store test's data): TurboQuant 4-bit 0.95 at 1.5, 0.996 at 2; 2-bit 0.874 at 3,
 #: 0.934 at 4, 0.964 at 6, 0.996 at 8; int8 scalar 1.0 at 2; one-bit binary 0.672 at 4, 0.942 at 10.
-QUANTIZED_OVERSAMPLING = 2.0
+QUANTIZED_OVERSAMPLING = 5.0
 
 
 def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, BaseException], StoreError] = _generic_error) -> Any:
@@ -176,12 +176,13 @@ def create_shard(path: str | os.PathLike, dim: int, describe: Callable[[str, Bas
     Settings (measured with ``benchmarks/store_scale.py``'s generated points, 384-d, on a 2-core machine):
 
     * the search runs on a quantized copy of the vectors read into memory at open (:func:`vector_quantization`,
-      TurboQuant 4-bit: 192 MB per 1,000,000 384-d points), and the best :data:`QUANTIZED_OVERSAMPLING` x top-k
+      TurboQuant 2-bit: 96 MB per 1,000,000 384-d points), and the best :data:`QUANTIZED_OVERSAMPLING` x top-k
       are rescored with the original vectors. Without it the first searches after opening paid for reading the
       float vectors they touch from disk (1,000,000 points: p50 38.9 / p95 136.7 ms with the vectors memory-mapped,
       16.3 / 39.6 ms and open 2.29 s with all of them read at open); with int8 scalar quantization (384 MB) the
       searches took p95 8.2 ms but opening 3.40 s; with TurboQuant 2-bit (96 MB) and 8x rescoring, for the
-      recall of clustered points, open 1.31 s and p95 20.9 ms (rescoring reads from disk). At 200,000 points, open / p95 / recall@20 (oversampling): int8
+      recall of clustered points, open 1.31 s and p95 20.9 ms (rescoring reads from disk); with TurboQuant
+      4-bit (192 MB) and 2x rescoring, open 2.96 s and p95 19.7 ms. At 200,000 points, open / p95 / recall@20 (oversampling): int8
       0.90 s / 10.8 ms / 1.000 (2), TurboQuant 2-bit 0.40 s / 11.9 ms / 0.995 (3), binary 1-bit 0.23 s / 6.6 ms /
       0.986 (4), but on the more clustered points of the store test binary kept 0.67 of the exact top 10.
     * original vectors ``Memory.Cold`` (memory-mapped, only the rescored hits are read).
