@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,6 +47,8 @@ from .rewards import (
 )
 from .sft import stage1_target, stage2_target
 from .steps import StageRun, TrainResult, resolve_output, run_stage, serving_card
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["StageRun", "TrainResult", "load_examples", "stage1_rewards", "stage2_rewards", "train_stage1", "train_stage2"]
 
@@ -222,9 +225,14 @@ def train_stage2(config: Stage2Config, reward_funcs: Sequence[Callable] | None =
             reranker = Stage2Reranker(as_loaded(trainer.model, start.loaded), pipeline=True, stage1_model=stage1, keep=config.k,
                                       data_file=eval_file, device=str(config.device), query_batch=config.eval_batch_size,
                                       card=final_card)
-            final_card.ranking_check = {**ranking_check(reranker, shuffle_candidates(checked, seed=config.split_seed)),
-                                        "stage1_model": str(config.stage1_output), "fusion": reranker.fusion,
-                                        "seconds": round(time.perf_counter() - began, 1)}
+            try:
+                check = ranking_check(reranker, shuffle_candidates(checked, seed=config.split_seed))
+            except ValueError as exc:  # e.g. a completion budget too small for served (constrained) output
+                logger.warning("stage-2 ranking check skipped: %s; serving keeps the incoming order", exc)
+                final_card.ranking_check = {"reorder": False, "skipped": str(exc), "stage1_model": str(config.stage1_output)}
+                return
+        final_card.ranking_check = {**check, "stage1_model": str(config.stage1_output), "fusion": reranker.fusion,
+                                    "seconds": round(time.perf_counter() - began, 1)}
 
     # 6. Format probe and SFT warm start, GRPO, output directory
     return run_stage(StageRun(
