@@ -273,6 +273,11 @@ def test_point_ids_are_the_uuid5_of_earlier_versions_accept_any_str_and_change_w
     assert len(ids) == 8  # path, content key and chunk each change the id
 
 
+def point_nodes(vectors) -> list:
+    """One node per vector, the i-th with the id ``UUID(int=i + 1)``."""
+    return [TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)]
+
+
 def test_default_search_ef_finds_the_neighbours_a_narrow_search_misses(tmp_path):
     """The store's default ``hnsw_ef`` reaches the engine: on a real HNSW graph built to be coarse (m=8,
     ef_construct=32, so the engine's own default ef is max(32, top_k)), queries without search params find the
@@ -292,7 +297,7 @@ def test_default_search_ef_finds_the_neighbours_a_narrow_search_misses(tmp_path)
         vectors = rng.standard_normal((n, dim)).astype("float32")
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         store = EdgeVectorStore(path=path)
-        store.add([TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+        store.add(point_nodes(vectors))
         shard.optimize()
         assert shard.info().indexed_vectors_count == n  # the search goes through the HNSW graph
         queries = rng.standard_normal((40, dim)).astype("float32")
@@ -328,7 +333,7 @@ def test_searches_run_on_quantized_vectors_in_memory_and_return_exact_rescored_s
         vectors = (centres[rng.integers(40, size=n)] + 0.6 * rng.standard_normal((n, dim))).astype("float32")
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         store = EdgeVectorStore(path=path)
-        store.add([TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+        store.add(point_nodes(vectors))
         shard.optimize()
         assert shard.info().indexed_vectors_count == n
         quantized = store.query(VectorStoreQuery(query_embedding=vectors[0].tolist(), similarity_top_k=k),
@@ -369,7 +374,7 @@ def test_writes_past_the_segment_size_are_indexed_as_separate_segments_and_searc
         vectors = rng.standard_normal((n, dim)).astype("float32")
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         store = EdgeVectorStore(path=path, batch_size=256)
-        store.add([TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)])
+        store.add(point_nodes(vectors))
         info = shard.info()
         assert info.indexed_vectors_count == 3 * 1024  # three full segments were built while writing; 428 points wait
         shard.optimize()
