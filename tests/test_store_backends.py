@@ -273,6 +273,12 @@ def test_point_ids_are_the_uuid5_of_earlier_versions_accept_any_str_and_change_w
     assert len(ids) == 8  # path, content key and chunk each change the id
 
 
+def unit_vectors(rows) -> np.ndarray:
+    """``rows`` as float32 vectors of length 1."""
+    rows = np.asarray(rows, dtype="float32")
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
 def point_nodes(vectors) -> list:
     """One node per vector, the i-th with the id ``UUID(int=i + 1)``."""
     return [TextNode(id_=str(uuid.UUID(int=i + 1)), text=f"point {i}", embedding=v.tolist()) for i, v in enumerate(vectors)]
@@ -294,8 +300,7 @@ def test_default_search_ef_finds_the_neighbours_a_narrow_search_misses(tmp_path)
     shard = open_shard(path, config=config)
     try:
         rng = np.random.default_rng(0)
-        vectors = rng.standard_normal((n, dim)).astype("float32")
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = unit_vectors(rng.standard_normal((n, dim)))
         store = EdgeVectorStore(path=path)
         store.add(point_nodes(vectors))
         shard.optimize()
@@ -330,8 +335,7 @@ def test_searches_run_on_quantized_vectors_in_memory_and_return_exact_rescored_s
     try:
         rng = np.random.default_rng(1)
         centres = rng.standard_normal((40, dim))
-        vectors = (centres[rng.integers(40, size=n)] + 0.6 * rng.standard_normal((n, dim))).astype("float32")
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = unit_vectors(centres[rng.integers(40, size=n)] + 0.6 * rng.standard_normal((n, dim)))
         store = EdgeVectorStore(path=path)
         store.add(point_nodes(vectors))
         shard.optimize()
@@ -371,8 +375,7 @@ def test_writes_past_the_segment_size_are_indexed_as_separate_segments_and_searc
     shard = open_shard(path, config=config)
     try:
         rng = np.random.default_rng(1)
-        vectors = rng.standard_normal((n, dim)).astype("float32")
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = unit_vectors(rng.standard_normal((n, dim)))
         store = EdgeVectorStore(path=path, batch_size=256)
         store.add(point_nodes(vectors))
         info = shard.info()
