@@ -114,10 +114,10 @@ class Stage2ListwiseReranker(ModelReranker):
             return NodeWithScore(node=annotated_copy(shown[position - 1].node, evidence), score=score)
 
         if self.reorder:
-            kept = output.ranking[: self.top_n] if self.top_n else output.ranking
+            kept = output.ranking[: self.top_n]
             out = [judged(position, 1.0 / rank_of[position]) for position in kept]
         else:  # the incoming order stands; stage 2's ranking is evidence on the nodes
-            kept = list(range(1, len(shown) + 1))[: self.top_n] if self.top_n else list(range(1, len(shown) + 1))
+            kept = list(range(1, len(shown) + 1))[: self.top_n]
             out = [judged(position, shown[position - 1].score) for position in kept]
         if self.return_dropped:
             out += [judged(position, shown[position - 1].score) for position in range(1, len(shown) + 1) if position not in kept]
