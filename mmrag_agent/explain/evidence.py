@@ -139,8 +139,7 @@ def _number(value: Optional[float]) -> float:
 
 
 def _served_order(c: CandidateEvidence) -> tuple:
-    stage1_score = c.fused_score if c.fused_score is not None else c.stage1_probability
-    return (c.stage2_position is None, c.stage2_position or 0, not c.kept_by_stage1, -_number(stage1_score))
+    return _display_order(c)[2:]  # the display order without stage 2's rank: prompt position, then stage 1's
 
 
 def _display_order(c: CandidateEvidence) -> tuple:
