@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sft-lr", type=float, default=4e-4, help="Stage-1 warm-start learning rate (linear decay).")
     p.add_argument("--questions-per-step", type=int, default=1, help="Stage-1 warm start: questions (all their candidates) per optimizer step.")
     p.add_argument("--listwise", type=float, default=1.0, help="Stage-1 warm start: weight of the list-wise term over each question's candidates (0: point-wise only).")
-    p.add_argument("--listwise-retrieval", type=float, default=2.0, help="Stage-1 warm start: the first-stage retriever's normalised score times this is added to each candidate's margin in the list-wise term, which then trains the fused ranking (0: stage 1 alone).")
+    p.add_argument("--listwise-retrieval", type=float, default=4.0, help="Stage-1 warm start: the first-stage retriever's normalised score times this is added to each candidate's margin in the list-wise term, which then trains the fused ranking (0: stage 1 alone).")
     p.add_argument("--lora-layers", type=int, default=10, help="LoRA on the last N of the model's layers (0: all).")
     p.add_argument("--stage1-steps", type=int, default=16, help="Stage-1 GRPO steps.")
     p.add_argument("--prompts-per-step", type=int, default=2, help="Stage-1 prompts per GRPO step.")
