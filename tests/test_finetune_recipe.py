@@ -16,7 +16,7 @@ from mmrag_agent.eval.stage1 import Stage1Reranker
 from mmrag_agent.finetune import Stage1Config, train_stage1
 from mmrag_agent.finetune.datasets import stage1_records, stage1_units
 from mmrag_agent.eval.baselines import make_reranker
-from mmrag_agent.finetune.fusion import QueryScores, _fold, add_listwise_offsets, cross_fit, query_metric
+from mmrag_agent.finetune.fusion import QueryScores, _fold, add_listwise_offsets, cross_fit, fit_fusion, query_metric
 from mmrag_agent.finetune.shared_prefix import SharedPrefixTrainer, _Groups, question_groups
 from mmrag_agent.finetune.signal import mixed_group_probability, select_signal_records
 from mmrag_agent.finetune.sft import stage1_target
@@ -25,7 +25,7 @@ from mmrag_agent.model_card import read_model_card
 from mmrag_agent.models import load_model
 from mmrag_agent.postprocessors.stage1 import Stage1RelevanceFilter
 from mmrag_agent.prompts import render_chat
-from mmrag_agent.schema import RerankExample, read_rerank_examples
+from mmrag_agent.schema import Candidate, RerankExample, read_rerank_examples
 
 WORDS = ["river", "castle", "poster", "logo", "bridge", "violin", "garden", "rocket", "harbor", "statue", "comet", "tiger"]
 
@@ -255,6 +255,23 @@ def test_cross_fitting_scores_each_fold_with_the_weight_fitted_on_the_others():
     assert fitted["metrics"]["fused"]["mrr"] < fitted["metrics"]["fused_in_sample"]["mrr"]  # honest: no fitting on the scored fold
     with pytest.raises(ValueError, match="cannot be split into 3 folds"):
         cross_fit(rows[:2], "r", folds=3)
+
+
+def test_fit_fusion_cross_fits_with_ten_folds_or_one_question_per_fold_against_the_real_bm25():
+    rows = _rows(40)
+    examples = [RerankExample(qid=r.qid, query=f"which sculpture is number {i}",
+                              candidates=[Candidate(id=c, modality="text", text=f"sculpture number {i if j == 0 else i + 100 + j}")
+                                          for j, c in enumerate(r.ids)], positives=r.positives)
+                for i, r in enumerate(rows)]
+    bm25 = make_reranker("bm25")
+    fitted = fit_fusion(rows, examples, "bm25", {"bm25": bm25})
+    assert fitted["fitted_on"]["folds"] == 10 and len(fitted["fitted_on"]["fold_weights"]) == 10
+    assert rows[0].retrieval["bm25"] == bm25.score(examples[0].query, examples[0].candidates)
+    expected = cross_fit(rows, "bm25", folds=10, metric="mrr")
+    assert fitted["fitted_on"]["fold_weights"] == expected["fold_weights"] and fitted["weight"] == expected["weight"]
+    assert fitted["metrics"]["fused"] == expected["metrics"]["fused"]
+    few = fit_fusion(rows[:4], examples[:4], "bm25", {"bm25": bm25})  # fewer questions than folds: one question each
+    assert few["fitted_on"]["folds"] == 4 and len(few["fitted_on"]["fold_weights"]) == 4
 
 
 def test_query_metric_ranks_ties_in_the_given_order():

@@ -10,7 +10,7 @@ folds, and the metrics are the means over all questions so ranked. Serving gets 
 The card's ``fusion`` then reads::
 
     {"weight": 0.35, "first_stage": "embedding", "first_stage_model": "sentence-transformers/all-MiniLM-L6-v2",
-     "fitted_on": {"questions": 121, "metric": "mrr", "folds": 2, "fold_weights": [0.3, 0.4], "grid": [0.0, 0.05, ..., 1.0]},
+     "fitted_on": {"questions": 121, "metric": "mrr", "folds": 10, "fold_weights": [0.3, 0.4, ...], "grid": [0.0, 0.05, ..., 1.0]},
      "metrics": {"stage1": {...}, "first_stage": {...}, "fused": {...}, "fused_in_sample": {...}},
      "other_first_stages": {"bm25": {"weight": ..., "fold_weights": [...], "metrics": {...}}}}
 
@@ -88,7 +88,7 @@ def _fold(qid: str, folds: int, seed: int) -> int:
     return int(hashlib.sha256(f"fusion:{seed}:{qid}".encode()).hexdigest(), 16) % folds
 
 
-def cross_fit(rows: Sequence[QueryScores], retriever: str, folds: int = 2, metric: str = "mrr",
+def cross_fit(rows: Sequence[QueryScores], retriever: str, folds: int = 10, metric: str = "mrr",
               grid: Sequence[float] = FUSION_GRID, seed: int = 0) -> dict[str, Any]:
     """Fit the weight of P(relevant) against ``retriever`` with cross-fitting, and on all ``rows`` for serving.
 
@@ -192,7 +192,7 @@ def add_listwise_offsets(records: list[dict], examples: Sequence, retriever, sca
         record["listwise_offset"] = offsets[(str(record["qid"]), str(record["candidate_id"]))]
 
 
-def fit_fusion(rows: Sequence[QueryScores], examples: Sequence, first_stage: str, retrievers: dict | None = None, folds: int = 2,
+def fit_fusion(rows: Sequence[QueryScores], examples: Sequence, first_stage: str, retrievers: dict | None = None, folds: int = 10,
                metric: str = "mrr", seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """The model card's ``fusion`` record (module docstring) from the trained model's held-out probabilities.
 
@@ -202,7 +202,7 @@ def fit_fusion(rows: Sequence[QueryScores], examples: Sequence, first_stage: str
         first_stage: ``"embedding"``, ``"bm25"`` or ``"none"`` (stage 1 alone: weight 1.0, nothing fitted).
         retrievers: From :func:`first_stage_retrievers` (None: built here); the ones other than ``first_stage`` are
             fitted too, for comparison (``other_first_stages``).
-        folds: Cross-fitting folds.
+        folds: Cross-fitting folds; at most one per question (fewer questions: one fold each).
         metric: The metric the weight maximises.
         seed: Seed of the fold assignment.
         device: Device of the embedding model when the retrievers are built here.
@@ -217,6 +217,7 @@ def fit_fusion(rows: Sequence[QueryScores], examples: Sequence, first_stage: str
     retrievers = retrievers if retrievers is not None else first_stage_retrievers(first_stage, device)
     retriever_scores(rows, examples, retrievers)
     names = list(retrievers)
+    folds = max(2, min(folds, len(rows)))
     fits = {name: cross_fit(rows, name, folds, metric, FUSION_GRID, seed) for name in names}
     main = fits[first_stage]
     return {"weight": main["weight"], "first_stage": first_stage, "first_stage_model": retrievers[first_stage].model,
